@@ -1,0 +1,174 @@
+"""The digit-sum data: generated in ``setup()``, served as whole batches of in-memory tensors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightsum.samplers import ResampledSampler, Sampling
+from lightsum.synthesis import class_digits, class_probability
+
+Layout = Literal["sequence", "flat"]
+TrainDistribution = Literal["natural", "balanced"]
+
+# Independent random streams per split: the test set never shares draws with train/val, and the
+# validation set is the same whatever the training distribution, so runs compare fairly.
+_STREAMS = {"train": 0, "val": 1, "test": 2}
+
+
+def stream(seed: int, split: str) -> torch.Generator:
+    """A CPU generator for one split, a pure function of (seed, split)."""
+    state = np.random.SeedSequence([seed, _STREAMS[split]]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def natural_digits(n: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` sequences of ``seq_len`` uniform digits as uint8 (one byte per digit)."""
+    return torch.randint(0, 10, (n, seq_len), generator=generator, dtype=torch.uint8)
+
+
+def labels_of(digits: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Label 1 when the digit sum reaches ``threshold``; uint8."""
+    return (digits.sum(dim=1, dtype=torch.int32) >= threshold).to(torch.uint8)
+
+
+class DigitBatches(Dataset):
+    """Digits and labels held in memory; indexed by whole batches.
+
+    ``__getitems__`` lets the DataLoader fetch a batch with one tensor index instead of
+    ``batch_size`` calls to ``__getitem__`` plus collate (several times faster at batch 50).
+    """
+
+    def __init__(self, digits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.digits, self.labels = digits, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.digits[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.digits[index], self.labels[index]
+
+
+def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+class SumDataModule(pl.LightningDataModule):
+    """Sequences of random digits labelled by whether their sum reaches a threshold.
+
+    Args:
+        num_samples: sequences in train + validation.
+        seq_len: digits per sequence.
+        threshold: label is 1 when the digit sum is >= threshold.
+        val_fraction: share of ``num_samples`` held out for validation (natural distribution).
+        test_samples: size of the test set (natural distribution, its own random stream).
+        batch_size: sequences per batch, for every split.
+        seed: seed of all data generation and of the training sampler.
+        layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len features,
+            as in the original notebook). Read by the model, which reshapes the digits.
+        sampling: resampling of the training split each epoch: ``none``, ``oversample``,
+            ``undersample`` or ``weighted``.
+        sampling_ratio: minority/majority ratio after resampling, in (0, 1].
+        train_distribution: ``natural`` (uniform digits) or ``balanced`` (training split drawn
+            exactly from each class's conditional distribution, at ``sampling_ratio``).
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 10_000,
+        seq_len: int = 30,
+        threshold: int = 100,
+        val_fraction: float = 0.2,
+        test_samples: int = 100_000,
+        batch_size: int = 50,
+        seed: int = 0,
+        layout: Layout = "sequence",
+        sampling: Sampling = "none",
+        sampling_ratio: float = 1.0,
+        train_distribution: TrainDistribution = "natural",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_arguments()
+        self.train_set: DigitBatches | None = None
+        self.val_set: DigitBatches | None = None
+        self.test_set: DigitBatches | None = None
+        self.epoch_sampler: ResampledSampler | None = None
+
+    def _check_arguments(self) -> None:
+        h = self.hparams
+        for name in ("num_samples", "seq_len", "test_samples", "batch_size"):
+            if not isinstance(h[name], int) or h[name] < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {h[name]!r}")
+        if not 0.0 < h.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {h.val_fraction}")
+        if not 0.0 < h.sampling_ratio <= 1.0:
+            raise ValueError(f"data.sampling_ratio must be in (0, 1], got {h.sampling_ratio}")
+        if not 0 < h.threshold <= 9 * h.seq_len:
+            raise ValueError(
+                f"data.threshold={h.threshold} makes one class impossible: digit sums of {h.seq_len} digits "
+                f"lie in [0, {9 * h.seq_len}], so the threshold must be in [1, {9 * h.seq_len}]"
+            )
+        n_val = self.num_val
+        if n_val < 1 or n_val >= h.num_samples:
+            raise ValueError(f"data.val_fraction={h.val_fraction} leaves an empty split of {h.num_samples} samples")
+
+    @property
+    def num_val(self) -> int:
+        return round(self.hparams.num_samples * self.hparams.val_fraction)
+
+    @property
+    def num_train(self) -> int:
+        return self.hparams.num_samples - self.num_val
+
+    def train_digits(self) -> torch.Tensor:
+        """The training split's digits (natural or class-balanced)."""
+        h = self.hparams
+        g = stream(h.seed, "train")
+        if h.train_distribution == "natural":
+            return natural_digits(self.num_train, h.seq_len, g)
+        # Minority (label 0 unless the threshold makes label 1 rarer) at sampling_ratio of majority.
+        minority = 0 if class_probability(h.seq_len, h.threshold) <= 0.5 else 1
+        n_min = round(self.num_train * h.sampling_ratio / (1 + h.sampling_ratio))
+        digits = torch.cat([
+            class_digits(n_min, minority, h.seq_len, h.threshold, g),
+            class_digits(self.num_train - n_min, 1 - minority, h.seq_len, h.threshold, g),
+        ])
+        return digits[torch.randperm(len(digits), generator=g)]
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if stage == "fit" and self.train_set is None:
+            digits = self.train_digits()
+            self.train_set = DigitBatches(digits, labels_of(digits, h.threshold))
+            self.epoch_sampler = ResampledSampler(self.train_set.labels, h.sampling, h.sampling_ratio, h.seed)
+        if stage in ("fit", "validate") and self.val_set is None:
+            digits = natural_digits(self.num_val, h.seq_len, stream(h.seed, "val"))
+            self.val_set = DigitBatches(digits, labels_of(digits, h.threshold))
+        if stage in ("test", "predict") and self.test_set is None:
+            digits = natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test"))
+            self.test_set = DigitBatches(digits, labels_of(digits, h.threshold))
+
+    def _loader(self, dataset: DigitBatches, sampler: ResampledSampler | None = None) -> DataLoader:
+        # num_workers=0: for in-memory tensors worker processes only add IPC cost.
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=_batch_as_is)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.epoch_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)

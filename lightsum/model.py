@@ -1,0 +1,203 @@
+"""SumClassifier: the training system around the LSTM network."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import CatMetric, MetricCollection
+from torchmetrics.classification import BinaryRecall, BinarySpecificity
+
+from lightsum.data import Layout
+from lightsum.metrics import class_metrics, tune_threshold
+from lightsum.network import Init, RecurrentActivation, SumNet
+
+_PREDICT_CHUNK = 65_536  # rows per forward pass in predict_proba: bounded memory on big inputs
+
+
+class SumClassifier(pl.LightningModule):
+    """Binary classifier of digit sequences, reporting per-class recall.
+
+    Args:
+        seq_len: digits per sequence (linked from ``data.seq_len`` by the CLI).
+        layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len
+            features); linked from ``data.layout`` by the CLI.
+        hidden_size: LSTM units.
+        num_layers: stacked LSTM layers.
+        dropout: dropout on the last hidden state (and between stacked layers).
+        recurrent_activation: gate activation: ``sigmoid`` (fused ``nn.LSTM``) or
+            ``hard_sigmoid`` (Keras 2: ``clip(0.2 x + 0.5, 0, 1)``).
+        unit_forget_bias: start the forget-gate bias at 1.
+        init: weight initialisation: ``torch`` defaults or ``keras`` (Glorot-uniform input kernel,
+            orthogonal recurrent kernel, zero biases).
+        normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits 0-9, as
+            the original notebook did.
+        pos_weight: weight of the positive (majority) class in the loss: none, a float, or
+            ``balanced`` (n_negative / n_positive of the training split).
+        decision_threshold: predict 1 when the probability is >= this; ``tuned`` chooses it on
+            the validation set after each validation epoch to maximise balanced accuracy (each
+            checkpoint carries the threshold tuned for its weights).
+    """
+
+    def __init__(
+        self,
+        seq_len: int = 30,
+        layout: Layout = "sequence",
+        hidden_size: int = 200,
+        num_layers: int = 1,
+        dropout: float = 0.5,
+        recurrent_activation: RecurrentActivation = "sigmoid",
+        unit_forget_bias: bool = True,
+        init: Init = "torch",
+        normalize_inputs: bool = True,
+        pos_weight: float | Literal["balanced"] | None = None,
+        decision_threshold: float | Literal["tuned"] = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in (("seq_len", seq_len), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        if isinstance(pos_weight, (int, float)) and pos_weight <= 0:
+            raise ValueError(f"model.pos_weight must be positive, got {pos_weight}")
+        if isinstance(decision_threshold, (int, float)) and not 0.0 < decision_threshold < 1.0:
+            raise ValueError(f"model.decision_threshold must be in (0, 1) or 'tuned', got {decision_threshold}")
+        self.net = SumNet(
+            input_size=1 if layout == "sequence" else seq_len,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            recurrent_activation=recurrent_activation,
+            unit_forget_bias=unit_forget_bias,
+            init=init,
+        )
+        # Buffers, so they move with the model and are saved in checkpoints.
+        threshold = 0.5 if decision_threshold == "tuned" else float(decision_threshold)
+        self.register_buffer("decision_threshold", torch.tensor(threshold))
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight) if isinstance(pos_weight, (int, float)) else 1.0))
+        # One metric object per stage. Training recall is streamed (stat scores); evaluation keeps
+        # every probability (synced across ranks by torchmetrics) so that AUROC is exact and the
+        # threshold can be tuned before thresholded metrics are computed.
+        self.train_recall = MetricCollection({"recall_0": BinarySpecificity(), "recall_1": BinaryRecall()})
+        self.val_probs, self.val_target = CatMetric(), CatMetric()
+        self.test_probs, self.test_target = CatMetric(), CatMetric()
+
+    # --- inputs -------------------------------------------------------------------------------
+    def features(self, digits: torch.Tensor) -> torch.Tensor:
+        """uint8/int digits (B, seq_len) -> float network input in the model's layout."""
+        x = digits.to(self.dtype)
+        if self.hparams.normalize_inputs:
+            x = x / 9.0
+        return x.unsqueeze(-1) if self.hparams.layout == "sequence" else x.unsqueeze(1)
+
+    def forward(self, digits: torch.Tensor) -> torch.Tensor:
+        """Logits of class 1 for digits (B, seq_len)."""
+        return self.net(self.features(digits))
+
+    # --- training -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.pos_weight == "balanced":
+            labels = self.trainer.datamodule.train_set.labels
+            n_pos = int(labels.sum())
+            if n_pos == 0 or n_pos == len(labels):
+                raise ValueError("model.pos_weight='balanced' needs both classes in the training split")
+            self.pos_weight.fill_((len(labels) - n_pos) / n_pos)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        digits, target = batch
+        logits = self(digits)
+        target = target.to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(target))
+        self.train_recall.update((torch.sigmoid(logits.detach()) >= self.decision_threshold).long(), target.long())
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        values = self.train_recall.compute()
+        values["min_recall"] = torch.minimum(values["recall_0"], values["recall_1"])
+        self.log_dict({f"train/{k}": v for k, v in values.items()})
+        self.train_recall.reset()
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        digits, target = batch
+        logits = self(digits)
+        loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=self.pos_weight)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target))
+        getattr(self, f"{stage}_probs").update(torch.sigmoid(logits))
+        getattr(self, f"{stage}_target").update(target)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        probs_metric, target_metric = getattr(self, f"{stage}_probs"), getattr(self, f"{stage}_target")
+        probs, target = probs_metric.compute(), target_metric.compute()  # gathered from every rank
+        probs_metric.reset()
+        target_metric.reset()
+        if stage == "val" and self.hparams.decision_threshold == "tuned" and not self.trainer.sanity_checking:
+            self.decision_threshold.fill_(tune_threshold(probs, target))
+        values = class_metrics(probs, target, self.decision_threshold)
+        values["decision_threshold"] = self.decision_threshold.clone()
+        # Values are already global (gathered above): no further reduction across ranks.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = torch.sigmoid(self(batch[0]))
+        return {"probability": probs, "label": (probs >= self.decision_threshold).long()}
+
+    # --- inference contract -------------------------------------------------------------------
+    def _check_digits(self, digits: np.ndarray | torch.Tensor) -> torch.Tensor:
+        tensor = torch.as_tensor(digits)
+        seq_len = self.hparams.seq_len
+        if tensor.ndim != 2 or tensor.shape[1] != seq_len:
+            raise ValueError(f"digits must have shape (N, {seq_len}), got {tuple(tensor.shape)}")
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ValueError(f"digits must be integers 0-9, got dtype {tensor.dtype}")
+        if tensor.numel() and (tensor.min() < 0 or tensor.max() > 9):
+            bad = torch.nonzero((tensor < 0) | (tensor > 9))[0].tolist()
+            raise ValueError(f"digits must be integers 0-9, got {int(tensor[bad[0], bad[1]])} at row {bad[0]}, column {bad[1]}")
+        return tensor
+
+    @torch.no_grad()
+    def predict_proba(self, digits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Probability of class 1 for each row of ``digits``.
+
+        Args:
+            digits: integers 0-9 of shape (N, seq_len), numpy or torch.
+
+        Returns:
+            N probabilities, numpy for numpy input, a CPU tensor for tensor input.
+
+        Raises:
+            ValueError: wrong shape, dtype or a value outside 0-9.
+        """
+        tensor = self._check_digits(digits)
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = [torch.sigmoid(self(chunk.to(self.device))).cpu() for chunk in tensor.split(_PREDICT_CHUNK)]
+        finally:
+            self.train(was_training)
+        probs = torch.cat(chunks) if chunks else torch.empty(0)
+        return probs if isinstance(digits, torch.Tensor) else probs.numpy()
+
+    def predict(self, digits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """0/1 labels of ``digits`` with the model's decision threshold (see ``predict_proba``)."""
+        probs = self.predict_proba(digits)
+        labels = probs >= float(self.decision_threshold)
+        return labels.long() if isinstance(labels, torch.Tensor) else labels.astype(np.int64)

@@ -1,0 +1,77 @@
+"""Data generation: determinism per seed, labels, natural rates, independent streams, loaders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightsum.data import SumDataModule, labels_of, natural_digits, stream
+from lightsum.synthesis import class_probability
+
+
+def make(stage: str = "fit", **kwargs) -> SumDataModule:
+    dm = SumDataModule(**{"num_samples": 1000, "test_samples": 2000, **kwargs})
+    dm.setup(stage)
+    return dm
+
+
+def test_same_seed_same_data_other_seed_other_data() -> None:
+    a, b, c = make(seed=3), make(seed=3), make(seed=4)
+    assert torch.equal(a.train_set.digits, b.train_set.digits)
+    assert torch.equal(a.val_set.digits, b.val_set.digits)
+    assert not torch.equal(a.train_set.digits, c.train_set.digits)
+
+
+def test_generation_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    make(seed=5)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_shapes_dtypes_and_labels() -> None:
+    dm = make(seq_len=12, threshold=50)
+    digits, labels = dm.train_set.digits, dm.train_set.labels
+    assert digits.shape == (800, 12) and digits.dtype == torch.uint8
+    assert int(digits.min()) >= 0 and int(digits.max()) <= 9
+    assert torch.equal(labels.bool(), digits.long().sum(1) >= 50)
+    assert len(dm.val_set) == 200
+
+
+def test_test_set_is_an_independent_stream() -> None:
+    dm = make("test", test_samples=800)
+    fit = make("fit")
+    # The test stream shares no draws with train (not a shifted copy of the same sequence).
+    assert not torch.equal(dm.test_set.digits[:800], fit.train_set.digits)
+    assert not any(torch.equal(dm.test_set.digits[:10], fit.train_set.digits[i:i + 10]) for i in range(790))
+
+
+def test_negative_rate_over_a_million_samples_is_exact() -> None:
+    digits = natural_digits(1_000_000, 30, stream(11, "train"))
+    rate = 1 - labels_of(digits, 100).double().mean().item()
+    exact = class_probability(30, 100)
+    assert exact == pytest.approx(0.01175, abs=5e-6)
+    assert abs(rate - exact) < 0.0005  # within 0.05 percentage points
+
+
+def test_balanced_training_split_keeps_validation_natural() -> None:
+    natural, balanced = make(), make(train_distribution="balanced")
+    assert balanced.train_set.labels.double().mean().item() == pytest.approx(0.5, abs=1e-3)
+    assert torch.equal(natural.val_set.digits, balanced.val_set.digits)
+
+
+def test_loader_serves_whole_batches() -> None:
+    dm = make(batch_size=64)
+    loader = dm.train_dataloader()
+    digits, labels = next(iter(loader))
+    assert digits.shape == (64, 30) and digits.dtype == torch.uint8 and labels.shape == (64,)
+    assert sum(len(b[1]) for b in loader) == len(dm.epoch_sampler)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"val_fraction": 0.0}, "val_fraction"), ({"threshold": 271}, "threshold"), ({"batch_size": 0}, "batch_size"),
+     ({"num_samples": 1, "val_fraction": 0.2}, "empty split")],
+)
+def test_bad_arguments(kwargs: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        SumDataModule(**kwargs)

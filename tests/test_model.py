@@ -1,0 +1,80 @@
+"""SumClassifier: inference contract, layouts, class weights, threshold tuning, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightsum import SumClassifier
+from lightsum.metrics import class_metrics, tune_threshold
+
+
+@pytest.fixture
+def model() -> SumClassifier:
+    torch.manual_seed(0)
+    return SumClassifier(hidden_size=8)
+
+
+def test_predict_proba_numpy_and_tensor(model: SumClassifier) -> None:
+    digits = np.random.default_rng(0).integers(0, 10, (7, 30))
+    probs = model.predict_proba(digits)
+    assert isinstance(probs, np.ndarray) and probs.shape == (7,)
+    assert ((probs > 0) & (probs < 1)).all()
+    tensor_probs = model.predict_proba(torch.as_tensor(digits))
+    np.testing.assert_allclose(tensor_probs.numpy(), probs, rtol=1e-6)
+    labels = model.predict(digits)
+    assert labels.dtype == np.int64 and set(labels.tolist()) <= {0, 1}
+    assert model.training  # restored
+
+
+@pytest.mark.parametrize(
+    ("digits", "message"),
+    [
+        (np.zeros((3, 29), dtype=int), r"shape \(N, 30\)"),
+        (np.zeros(30, dtype=int), r"shape \(N, 30\)"),
+        (np.full((2, 30), 10), "0-9.*10 at row 0"),
+        (np.full((2, 30), -1), "0-9"),
+        (np.zeros((2, 30)) + 0.5, "integers"),
+    ],
+)
+def test_predict_proba_rejects_bad_input(model: SumClassifier, digits: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model.predict_proba(digits)
+
+
+def test_layouts_shape_the_input() -> None:
+    digits = torch.randint(0, 10, (4, 30), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    seq = SumClassifier(hidden_size=8, layout="sequence")
+    flat = SumClassifier(hidden_size=8, layout="flat", normalize_inputs=False)
+    assert seq.features(digits).shape == (4, 30, 1)
+    assert flat.features(digits).shape == (4, 1, 30)
+    assert float(flat.features(digits).max()) == float(digits.max())
+    assert float(seq.features(digits).max()) <= 1.0
+    assert seq(digits).shape == flat(digits).shape == (4,)
+
+
+def test_tuned_threshold_maximises_balanced_accuracy() -> None:
+    probs = torch.tensor([0.10, 0.20, 0.30, 0.35, 0.40, 0.90, 0.95, 0.97])
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    t = tune_threshold(probs, target)
+    assert 0.35 < t <= 0.40
+    values = class_metrics(probs, target, t)
+    assert float(values["min_recall"]) == 1.0
+    assert float(class_metrics(probs, target, 0.5)["recall_1"]) == 0.75
+
+
+def test_class_metrics_per_class_recall() -> None:
+    probs = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.1, 0.9])
+    target = torch.tensor([1, 1, 1, 1, 0, 0])
+    v = class_metrics(probs, target, 0.5)
+    assert float(v["recall_1"]) == 1.0 and float(v["recall_0"]) == 0.5
+    assert float(v["min_recall"]) == 0.5 and float(v["balanced_accuracy"]) == 0.75
+    assert float(v["accuracy"]) == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [({"hidden_size": 0}, "hidden_size"), ({"dropout": 1.0}, "dropout"),
+                                               ({"pos_weight": -1.0}, "pos_weight"), ({"decision_threshold": 1.5}, "decision_threshold")])
+def test_bad_arguments(kwargs: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        SumClassifier(**kwargs)

@@ -22,26 +22,20 @@ from lightsum import SumClassifier
 from lightsum.main import main
 from lightsum.metrics import class_metrics
 
-STRATEGIES = {
-    "none": ["--data.sampling=none"],
-    "oversample": ["--data.sampling=oversample"],
-    "undersample": ["--data.sampling=undersample"],
-    "weighted": ["--data.sampling=weighted"],
-    "pos_weight": ["--data.sampling=none", "--model.pos_weight=balanced"],
-    "balanced synthesis": ["--data.sampling=none", "--data.train_distribution=balanced"],
-}
+OVERLAYS = Path(__file__).resolve().parents[1] / "configs" / "strategies"
+STRATEGIES = ("none", "oversample", "undersample", "weighted", "pos_weight", "balanced")
 COLUMNS = ("recall_0", "recall_1", "min_recall", "balanced_accuracy", "auroc")
 
 
 def run(strategy: str, seed: int, steps: int, extra: list[str], root: Path) -> dict[str, dict[str, float]]:
     args = [
-        *STRATEGIES[strategy], *extra,
+        f"--config={OVERLAYS / strategy}.yaml", *extra,
         f"--seed_everything={seed}", f"--data.seed={seed}",
         f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
         # Validate a few times over the budget so every strategy gets the same checkpoint choices.
         f"--trainer.val_check_interval={max(steps // 5, 1)}", "--trainer.check_val_every_n_epoch=null",
         "--model.decision_threshold=tuned",
-        f"--trainer.logger.init_args.save_dir={root}", f"--trainer.logger.init_args.name={strategy.replace(' ', '_')}",
+        f"--trainer.logger.init_args.save_dir={root}",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ]
     start = time.perf_counter()
@@ -63,7 +57,7 @@ def main_table() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per run (the shared budget)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI overrides for every run")
     opts = parser.parse_args()
     rows = []

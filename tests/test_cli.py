@@ -20,7 +20,7 @@ def test_configs_dir_holds_the_packaged_default() -> None:
     assert {p.name for p in CONFIGS} >= {"default.yaml", "seed.yaml"}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
@@ -40,7 +40,7 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
         assert resolved[key] == value, key
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_config_fits_and_logs(config: Path, run_root: Path) -> None:
     cli = main(["fit", "--config", str(config), *tiny(run_root)])
     run_dir = Path(cli.trainer.log_dir)

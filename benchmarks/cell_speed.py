@@ -5,12 +5,17 @@ activations, in the sequence layout (B, 30, 1) and the flat layout (B, 1, 30), a
 The two models share weights and inputs; they are timed alternately, in several rounds, and the
 median per-step time is reported, so that drift in machine load hits both alike.
 
-    python benchmarks/cell_speed.py [--device cuda] [--rounds 7]
+    python benchmarks/cell_speed.py [--device cuda] [--threads 1] [--rounds 7]
+
+On a shared CPU, other busy processes make OpenMP's thread barriers stall (the fused oneDNN kernel
+suffers most, by 10x or more): the script prints the load average; compare runs on an idle machine,
+or with --threads 1, which is far less sensitive.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -29,15 +34,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="alternating timing rounds per case")
     parser.add_argument("--round-seconds", type=float, default=0.2, help="target time per model per round")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[50, 1024])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, hidden {HIDDEN}")
-    print(f"{'layout':9s} {'batch':>5s} {'fused sigmoid':>14s} {'hard_sigmoid':>13s} {'ratio':>6s}   (ms per fwd+bwd step)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, hidden {HIDDEN}, "
+        f"load average {load:.2f} on {os.cpu_count()} CPUs"
+    )
+    header = f"{'layout':9s} {'batch':>5s} {'fused sigmoid':>14s} {'hard_sigmoid':>13s} {'ratio':>6s}"
+    print(header + "   (ms per fwd+bwd step)")
     gen = torch.Generator().manual_seed(0)
     for layout, steps, features in (("sequence", SEQ_LEN, 1), ("flat", 1, SEQ_LEN)):
         for batch in args.batch_sizes:

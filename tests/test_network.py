@@ -76,8 +76,18 @@ def grads(loss: Tensor, tensors: list[Tensor]) -> list[Tensor]:
     return list(torch.autograd.grad(loss, tensors))
 
 
-def make_case(input_size: int, steps: int, num_layers: int, with_hx: bool, hidden: int = 12, batch: int = 5):
-    lstm = LSTM(input_size, hidden, num_layers=num_layers).double()
+def make_case(
+    input_size: int,
+    steps: int,
+    num_layers: int,
+    with_hx: bool,
+    hidden: int = 12,
+    batch: int = 5,
+    activation: str = "hard_sigmoid",
+) -> tuple[LSTM, Tensor, tuple[Tensor, Tensor] | None]:
+    """A float64 LSTM (eval mode), an input and optionally an initial state, all requiring grad."""
+    lstm = LSTM(input_size, hidden, num_layers=num_layers, recurrent_activation=activation)  # type: ignore[arg-type]
+    lstm = lstm.double().eval()
     with torch.no_grad():  # larger weights than the default: more saturated gates, clamp regions hit
         for p in lstm.parameters():
             p.mul_(6.0)
@@ -118,10 +128,6 @@ def test_hard_sigmoid_on_a_grid_matches_clip_formula() -> None:
 def test_hard_sigmoid_lstm_matches_reference(num_layers: int, steps: int, input_size: int, with_hx: bool) -> None:
     torch.manual_seed(0)
     lstm, x, hx = make_case(input_size, steps, num_layers, with_hx)
-    lstm = LSTM(input_size, 12, num_layers=num_layers, recurrent_activation="hard_sigmoid").double()
-    lstm_ref, _, _ = make_case(input_size, steps, num_layers, False)
-    lstm.load_state_dict(lstm_ref.state_dict())
-    lstm.eval()
     params = list(lstm.parameters())
     inputs = [x, *params] + (list(hx) if hx is not None else [])
 
@@ -131,6 +137,23 @@ def test_hard_sigmoid_lstm_matches_reference(num_layers: int, steps: int, input_
     expected = [out_r, h_r, c_r, *grads(loss_of(out_r, h_r, c_r), inputs)]
 
     assert out.shape == (5, steps, 12) and h.shape == c.shape == (num_layers, 5, 12)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("target", ["output", "h_n", "c_n", "last_output"])
+def test_hard_sigmoid_lstm_gradients_from_each_output_alone(target: str) -> None:
+    """Gradient reaching the recurrence only through one of its outputs (e.g. SumNet: h_n)."""
+    torch.manual_seed(0)
+    lstm, x, _ = make_case(1, 30, 2, False)
+    inputs = [x, *lstm.parameters()]
+
+    def pick(out: Tensor, hidden: tuple[Tensor, Tensor]) -> Tensor:
+        chosen = {"output": out, "h_n": hidden[0], "c_n": hidden[1], "last_output": out[:, -1]}[target]
+        return chosen.tanh().sum()
+
+    got = grads(pick(*lstm(x)), inputs)
+    expected = grads(pick(*reference_lstm(x, lstm.all_weights, "hard_sigmoid")), inputs)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TOL)
 
@@ -150,7 +173,7 @@ def test_manual_recurrence_with_sigmoid_matches_nn_lstm(
     num_layers: int, steps: int, input_size: int, with_hx: bool
 ) -> None:
     torch.manual_seed(0)
-    lstm, x, hx = make_case(input_size, steps, num_layers, with_hx)
+    lstm, x, hx = make_case(input_size, steps, num_layers, with_hx, activation="sigmoid")
     ref = nn.LSTM(input_size, 12, num_layers=num_layers, batch_first=True).double()
     ref.load_state_dict(lstm.state_dict())
     inputs_manual = [x, *lstm.parameters()] + (list(hx) if hx is not None else [])
@@ -178,7 +201,6 @@ def test_hard_sigmoid_lstm_gradcheck() -> None:
     """Finite differences on every input of one layer (x, weights, h0, c0), outputs h and c."""
     torch.manual_seed(0)
     lstm, x, hx = make_case(3, 4, 1, True, hidden=4, batch=2)
-    lstm.recurrent_activation = "hard_sigmoid"
     params = list(lstm.parameters())
 
     def run(x: Tensor, h0: Tensor, c0: Tensor, *weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,7 +209,7 @@ def test_hard_sigmoid_lstm_gradcheck() -> None:
             for p, w in zip(params, weights):
                 p.copy_(w)
         hard = True
-        hs, c = network._LSTMLayer.apply(
+        hs, h, c = network._LSTMLayer.apply(
             x.transpose(0, 1).contiguous(),
             network._pack(w_ih, hard),
             network._pack(w_hh, hard),
@@ -197,7 +219,7 @@ def test_hard_sigmoid_lstm_gradcheck() -> None:
             hard,
             True,
         )
-        return hs, c, hs[-1]
+        return hs, h, c
 
     weights = [p.detach().clone().requires_grad_() for p in params]
     assert torch.autograd.gradcheck(run, (x, hx[0], hx[1], *weights))

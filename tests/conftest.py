@@ -22,10 +22,19 @@ def tiny(root: Path, epochs: int = 2) -> list[str]:
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in a run folder's TensorBoard event files: tag -> [(step, value)]."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    """Every scalar series in a run folder's TensorBoard event files: tag -> [(step, value)] by step.
+
+    Files are read one by one: a resumed run adds a second file, and two files written by one
+    process in the same second sort by a counter suffix as text ('.10' before '.9'), which would
+    make TensorBoard's reader see steps going backwards and purge them.
+    """
+    series: dict[str, list[tuple[int, float]]] = {}
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {tag: sorted(points) for tag, points in series.items()}
 
 
 @pytest.fixture

@@ -41,13 +41,19 @@ class SumCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         # Checked here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
-        config = self.config.get(self.config.get("subcommand"), self.config)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_checkpoint(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
+            # The default config's progress-bar callback would contradict enable_progress_bar=false.
+            config.trainer.callbacks = [
+                c for c in config.trainer.callbacks if not str(c.get("class_path", "")).endswith("ProgressBar")
+            ]
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             resume_in_latest_version(config)
 

@@ -27,10 +27,11 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     # Every key a config sets must survive into the resolved config (no silently ignored key).
-    def leaves(tree: dict, prefix: str = "") -> dict:
+    def leaves(tree: dict | list, prefix: str = "") -> dict:
         out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        for key, value in items:
+            if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
                 out.update(leaves(value, f"{prefix}{key}."))
             else:
                 out[f"{prefix}{key}"] = value

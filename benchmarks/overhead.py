@@ -1,0 +1,113 @@
+"""Lightning overhead: lightsum's real training loop vs a plain PyTorch loop, same work.
+
+Both sides train the same SumNet with the same Adam on the same batches (the data module's
+tensors and sampler) and run the same validation forward passes each epoch. The lightsum side is
+``SumCLI`` built from ``configs/seed.yaml`` (so per-step ``train/loss`` to TensorBoard, both
+checkpoints every epoch, the progress bar and per-class metrics, as users get them); the plain
+loop has none of that. They alternate, several repeats, and medians are reported.
+
+    python benchmarks/overhead.py [--epochs 3] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from lightsum.callbacks import HparamsSession
+from lightsum.data import SumDataModule
+from lightsum.main import DEFAULT_CONFIG, SumCLI
+from lightsum.model import SumClassifier
+
+SEED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "seed.yaml"
+
+
+def build(layout: str, batch_size: int, epochs: int, root: str) -> SumCLI:
+    args = [
+        "--config", str(SEED_CONFIG), f"--data.layout={layout}", f"--data.batch_size={batch_size}",
+        f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={root}",
+        "--trainer.enable_model_summary=false",
+    ]
+    return SumCLI(SumClassifier, SumDataModule, args=args, run=False, trainer_defaults={"callbacks": [HparamsSession()]},
+                  parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]}, save_config_kwargs={"overwrite": True})
+
+
+class EpochClock(pl.Callback):
+    """Wall time from the start of the first training epoch to the end of training.
+
+    Leaves out one-off set-up (data generation, sanity check), which the plain loop does not time
+    either; keeps everything per epoch: validation, metrics, logging, both checkpoint writes.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def lightning_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as root:
+        cli = build(layout, batch_size, epochs, root)
+        clock = EpochClock()
+        cli.trainer.callbacks.append(clock)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        return clock.seconds / epochs, len(cli.datamodule.epoch_sampler)
+
+
+def plain_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as root:
+        cli = build(layout, batch_size, epochs, root)
+    dm, model = cli.datamodule, cli.model
+    dm.setup("fit")
+    net = model.net
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    train, val = dm.train_set, dm.val_set
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        dm.epoch_sampler.set_epoch(epoch)
+        order = torch.tensor(list(dm.epoch_sampler))
+        net.train()
+        for batch in order.split(batch_size):
+            digits, target = train.digits[batch], train.labels[batch]
+            loss = F.binary_cross_entropy_with_logits(net(model.features(digits)), target.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            for digits in val.digits.split(batch_size):
+                net(model.features(digits))
+    return (time.perf_counter() - start) / epochs, len(dm.epoch_sampler)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", default=["flat:50", "sequence:50", "flat:1024", "sequence:1024"])
+    opts = parser.parse_args()
+    print(f"seed config, {opts.epochs} epochs per timing, median of {opts.repeats}, torch threads {torch.get_num_threads()}")
+    print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} {'lightsum s/epoch':>17s}")
+    for case in opts.cases:
+        layout, batch = case.split(":")
+        plain, light = [], []
+        for _ in range(opts.repeats):  # alternate so drift in machine load hits both alike
+            seconds, n = plain_epoch_seconds(layout, int(batch), opts.epochs)
+            plain.append(n / seconds)
+            seconds, n = lightning_epoch_seconds(layout, int(batch), opts.epochs)
+            light.append(n / seconds)
+        p, q = statistics.median(plain), statistics.median(light)
+        print(f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {q / p:6.3f} {n / q:17.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,17 +38,20 @@ class SumCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
 
+    def _active_config(self) -> Any:
+        """The parsed config of the running subcommand (the whole config with ``run=False``)."""
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         # Checked here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
-        ckpt_path = config.get("ckpt_path")
+        ckpt_path = self._active_config().get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_checkpoint(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._active_config()
         if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
             # The default config's progress-bar callback would contradict enable_progress_bar=false.
             config.trainer.callbacks = [

@@ -15,6 +15,15 @@ from lightsum.network import LSTM, SumNet, hard_sigmoid
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast, and immune to OpenMP stalls when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def keras_hard_sigmoid(x: float) -> float:
     """Keras 2 (backend) hard_sigmoid, written out: 0 below -2.5, 1 above 2.5, else 0.2 x + 0.5."""
     if x < -2.5:

@@ -15,17 +15,13 @@ import argparse
 import statistics
 import tempfile
 import time
-
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from lightsum.callbacks import HparamsSession
-from lightsum.data import SumDataModule
-from lightsum.main import DEFAULT_CONFIG, SumCLI
-from lightsum.model import SumClassifier
+from lightsum.main import SumCLI, build_cli
 
 SEED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "seed.yaml"
 
@@ -36,8 +32,7 @@ def build(layout: str, batch_size: int, epochs: int, root: str) -> SumCLI:
         f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={root}",
         "--trainer.enable_model_summary=false",
     ]
-    return SumCLI(SumClassifier, SumDataModule, args=args, run=False, trainer_defaults={"callbacks": [HparamsSession()]},
-                  parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]}, save_config_kwargs={"overwrite": True})
+    return build_cli(args, run=False)
 
 
 class EpochClock(pl.Callback):

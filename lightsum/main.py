@@ -91,6 +91,28 @@ def resume_in_latest_version(config: Any) -> None:
         args["version"] = max(found)
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
+    """The lightsum CLI exactly as ``main`` builds it; ``run=False`` parses and instantiates only.
+
+    Args:
+        args: command-line arguments (a subcommand first when ``run``); ``None`` reads ``sys.argv``.
+        run: run the subcommand; False gives ``cli.model``, ``cli.datamodule`` and ``cli.trainer``
+            ready for a benchmark to drive.
+    """
+    default = {"default_config_files": [str(DEFAULT_CONFIG)]}
+    return SumCLI(
+        SumClassifier,
+        SumDataModule,
+        args=args,
+        run=run,
+        trainer_defaults={"callbacks": [HparamsSession()]},
+        # The packaged default applies first; any --config stacks on top of it.
+        parser_kwargs={cmd: default for cmd in _SUBCOMMANDS} if run else default,
+        # A requeued or repeated run writes config.yaml again into the same folder.
+        save_config_kwargs={"overwrite": True},
+    )
+
+
 def main(args: list[str] | None = None) -> SumCLI | None:
     """Run the CLI (``fit``, ``validate``, ``test``, ``predict``) and exit 2 on bad input.
 
@@ -98,16 +120,7 @@ def main(args: list[str] | None = None) -> SumCLI | None:
         args: command-line arguments; ``None`` reads ``sys.argv``.
     """
     try:
-        return SumCLI(
-            SumClassifier,
-            SumDataModule,
-            args=args,
-            trainer_defaults={"callbacks": [HparamsSession()]},
-            # The packaged default applies first; any --config stacks on top of it.
-            parser_kwargs={cmd: {"default_config_files": [str(DEFAULT_CONFIG)]} for cmd in _SUBCOMMANDS},
-            # A requeued or repeated run writes config.yaml again into the same folder.
-            save_config_kwargs={"overwrite": True},
-        )
+        return build_cli(args)
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("LIGHTSUM_DEBUG"):
             raise

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightsum.predict_io import read_sequences
 from lightsum.samplers import ResampledSampler, Sampling
 from lightsum.synthesis import class_digits, class_probability
 
@@ -79,6 +80,9 @@ class SumDataModule(pl.LightningDataModule):
         sampling_ratio: minority/majority ratio after resampling, in (0, 1].
         train_distribution: ``natural`` (uniform digits) or ``balanced`` (training split drawn
             exactly from each class's conditional distribution, at ``sampling_ratio``).
+        predict_path: sequences to ``predict``: a CSV/text file (one sequence per line, digits
+            comma-separated or as one string) or a ``.npy`` array (N, seq_len). Default: the
+            generated test set.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class SumDataModule(pl.LightningDataModule):
         sampling: Sampling = "none",
         sampling_ratio: float = 1.0,
         train_distribution: TrainDistribution = "natural",
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +106,7 @@ class SumDataModule(pl.LightningDataModule):
         self.train_set: DigitBatches | None = None
         self.val_set: DigitBatches | None = None
         self.test_set: DigitBatches | None = None
+        self.predict_set: DigitBatches | None = None
         self.epoch_sampler: ResampledSampler | None = None
 
     def _check_arguments(self) -> None:
@@ -144,18 +150,36 @@ class SumDataModule(pl.LightningDataModule):
         ])
         return digits[torch.randperm(len(digits), generator=g)]
 
+    def _labelled(self, digits: torch.Tensor, split: str) -> DigitBatches:
+        """A split with its labels, refused when a class is missing (its recall would be undefined)."""
+        h = self.hparams
+        labels = labels_of(digits, h.threshold)
+        n_pos = int(labels.sum())
+        for cls, count in ((0, len(labels) - n_pos), (1, n_pos)):
+            if count == 0:
+                p0 = class_probability(h.seq_len, h.threshold)  # exact share of label 0
+                share = p0 if cls == 0 else 1 - p0
+                raise ValueError(
+                    f"data: the {split} split ({len(labels)} sequences) holds no sequence of class {cls} "
+                    f"({share:.3%} of sequences expected); use more samples (data.num_samples, "
+                    f"data.val_fraction, data.test_samples) or another data.threshold"
+                )
+        return DigitBatches(digits, labels)
+
     def setup(self, stage: str) -> None:
         h = self.hparams
         if stage == "fit" and self.train_set is None:
-            digits = self.train_digits()
-            self.train_set = DigitBatches(digits, labels_of(digits, h.threshold))
+            self.train_set = self._labelled(self.train_digits(), "train")
             self.epoch_sampler = ResampledSampler(self.train_set.labels, h.sampling, h.sampling_ratio, h.seed)
         if stage in ("fit", "validate") and self.val_set is None:
-            digits = natural_digits(self.num_val, h.seq_len, stream(h.seed, "val"))
-            self.val_set = DigitBatches(digits, labels_of(digits, h.threshold))
-        if stage in ("test", "predict") and self.test_set is None:
-            digits = natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test"))
-            self.test_set = DigitBatches(digits, labels_of(digits, h.threshold))
+            self.val_set = self._labelled(natural_digits(self.num_val, h.seq_len, stream(h.seed, "val")), "validation")
+        if stage == "test" or (stage == "predict" and not h.predict_path):
+            if self.test_set is None:
+                self.test_set = self._labelled(natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test")), "test")
+            self.predict_set = self.test_set
+        if stage == "predict" and h.predict_path and self.predict_set is None:
+            digits = read_sequences(h.predict_path, h.seq_len)
+            self.predict_set = DigitBatches(digits, labels_of(digits, h.threshold))
 
     def _loader(self, dataset: DigitBatches, sampler: ResampledSampler | None = None) -> DataLoader:
         # num_workers=0: for in-memory tensors worker processes only add IPC cost.
@@ -171,4 +195,4 @@ class SumDataModule(pl.LightningDataModule):
         return self._loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.predict_set)

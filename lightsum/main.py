@@ -7,17 +7,30 @@ import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lightsum.callbacks import HparamsSession
+from lightsum.callbacks import EvaluationFigures, HparamsSession
 from lightsum.data import SumDataModule
 from lightsum.model import SumClassifier
+from lightsum.predict_io import PredictionCSV
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """jsonargparse's parser, with a bad argument reported on one line (no usage block)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("LIGHTSUM_DEBUG"):
+            super().error(message, ex)
+        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        sys.stderr.write(f"lightsum: error: {text} (see --help)\n")
+        self.exit(2)
 
 
 class SumCLI(LightningCLI):
@@ -37,6 +50,10 @@ class SumCLI(LightningCLI):
         })
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
+        # Confusion matrix and PR curves in TensorBoard (--figures.every_n_epochs 0: off).
+        parser.add_lightning_class_args(EvaluationFigures, "figures")
+        # Where `predict` writes its CSV (--predictions.path).
+        parser.add_lightning_class_args(PredictionCSV, "predictions")
 
     def _active_config(self) -> Any:
         """The parsed config of the running subcommand (the whole config with ``run=False``)."""
@@ -46,9 +63,11 @@ class SumCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         # Checked here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
-        ckpt_path = self._active_config().get("ckpt_path")
+        config = self._active_config()
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_checkpoint(ckpt_path)
+            check_data_fits_checkpoint(ckpt_path, config.data)
 
     def before_instantiate_classes(self) -> None:
         config = self._active_config()
@@ -70,6 +89,22 @@ def check_checkpoint(path: str) -> None:
     with zipfile.ZipFile(path) as archive:
         if archive.testzip() is not None:
             raise ValueError(f"checkpoint is corrupt (bad CRC): {path}")
+
+
+def check_data_fits_checkpoint(path: str, data: Any) -> None:
+    """Refuse data the checkpoint's model was not built for.
+
+    The CLI links data.seq_len and data.layout into the model, so a mismatch would otherwise build
+    a model of another shape; in the sequence layout its weights even load, and it would silently
+    score sequences of a length it never saw.
+    """
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    for key in ("seq_len", "layout"):
+        if key in hparams and data.get(key) is not None and hparams[key] != data[key]:
+            raise ValueError(
+                f"the checkpoint's model reads {key}={hparams[key]!r} but data.{key} is {data[key]!r}: "
+                f"use --data.{key} {hparams[key]} with {path}"
+            )
 
 
 def resume_in_latest_version(config: Any) -> None:
@@ -106,6 +141,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
         args=args,
         run=run,
         trainer_defaults={"callbacks": [HparamsSession()]},
+        parser_class=OneLineErrorParser,
         # The packaged default applies first; any --config stacks on top of it.
         parser_kwargs={cmd: default for cmd in _SUBCOMMANDS} if run else default,
         # A requeued or repeated run writes config.yaml again into the same folder.
@@ -114,12 +150,18 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
 
 
 def main(args: list[str] | None = None) -> SumCLI | None:
-    """Run the CLI (``fit``, ``validate``, ``test``, ``predict``) and exit 2 on bad input.
+    """Run the CLI (``fit``, ``validate``, ``test``, ``predict``, ``report``); exit 2 on bad input.
 
     Args:
         args: command-line arguments; ``None`` reads ``sys.argv``.
     """
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv[:1] == ["report"]:  # not a Trainer method, so not a LightningCLI subcommand
+            from lightsum.report import report_main
+
+            report_main(argv[1:])
+            return None
         return build_cli(args)
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("LIGHTSUM_DEBUG"):

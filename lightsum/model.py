@@ -89,6 +89,11 @@ class SumClassifier(pl.LightningModule):
             {"recall_0": BinarySpecificity(validate_args=False), "recall_1": BinaryRecall(validate_args=False)}
         )
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
+        # Sum of the epoch's step losses, kept on the device: an epoch mean with no per-step sync.
+        self.register_buffer("_epoch_loss_sum", torch.zeros(()), persistent=False)
+        self._epoch_steps = 0
+        # The last evaluation's gathered (probabilities, targets), for figure callbacks.
+        self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.val_logits, self.val_target = CatMetric(), CatMetric()
         self.test_logits, self.test_target = CatMetric(), CatMetric()
 
@@ -106,6 +111,12 @@ class SumClassifier(pl.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if data is not None and data.hparams.get("seq_len", self.hparams.seq_len) != self.hparams.seq_len:
+            raise ValueError(
+                f"the model reads sequences of {self.hparams.seq_len} digits but data.seq_len is "
+                f"{data.hparams.seq_len}: use --data.seq_len {self.hparams.seq_len} with this checkpoint"
+            )
         if stage == "fit" and self.hparams.pos_weight == "balanced":
             labels = self.trainer.datamodule.train_set.labels
             n_pos = int(labels.sum())
@@ -118,6 +129,8 @@ class SumClassifier(pl.LightningModule):
         logits = self(digits)
         target = target.to(logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+        self._epoch_loss_sum += loss.detach()
+        self._epoch_steps += 1
         if self.loggers and self.global_step % self.trainer.log_every_n_steps == 0:
             self._pending_losses.append((self.global_step, loss.detach()))
             if len(self._pending_losses) >= _LOSS_FLUSH_EVERY:
@@ -151,6 +164,11 @@ class SumClassifier(pl.LightningModule):
         values["min_recall"] = torch.minimum(values["recall_0"], values["recall_1"])
         self.log_dict({f"train/{k}": v for k, v in values.items()})
         self.train_recall.reset()
+        if self._epoch_steps:
+            # Mean step loss of the epoch, averaged over ranks: the train curve of the report.
+            self.log("train/loss_epoch", self._epoch_loss_sum / self._epoch_steps, sync_dist=True)
+        self._epoch_loss_sum.zero_()
+        self._epoch_steps = 0
 
     # --- evaluation ---------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
@@ -170,6 +188,7 @@ class SumClassifier(pl.LightningModule):
         values = class_metrics(probs, target, self.decision_threshold)
         values["loss"] = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=self.pos_weight)
         values["decision_threshold"] = self.decision_threshold.clone()
+        self.eval_outputs[stage] = (probs, target)
         # Values are already global (gathered above): no further reduction across ranks.
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
 

@@ -108,27 +108,51 @@ def test_test_on_best_checkpoint_and_reload(run_root: Path) -> None:
 
 
 BAD_VALUES = [
-    (["--data.val_fraction=1.5"], "val_fraction"),
+    # negative or zero sizes
     (["--data.num_samples=-3"], "num_samples"),
+    (["--data.batch_size=0"], "batch_size"),
+    (["--data.test_samples=-1"], "test_samples"),
+    (["--model.hidden_size=-4"], "hidden_size"),
+    (["--figures.every_n_epochs=-1"], "every_n_epochs"),
+    # fractions outside their interval
+    (["--data.val_fraction=1.5"], "val_fraction"),
+    (["--data.val_fraction=0"], "val_fraction"),
+    (["--data.sampling_ratio=0"], "sampling_ratio"),
+    (["--data.sampling_ratio=1.5"], "sampling_ratio"),
+    (["--model.dropout=1.0"], "dropout"),
+    (["--model.decision_threshold=1.5"], "decision_threshold"),
+    # a threshold no sequence can reach (or that every sequence reaches)
     (["--data.threshold=500"], "threshold"),
+    (["--data.threshold=0"], "threshold"),
+    # too few samples for the minority class to appear in a split (50 -> 10 validation sequences)
+    (["--data.num_samples=50"], "holds no sequence of class 0"),
+    (["--data.threshold=260"], "holds no sequence of class 1"),
+    # unknown choices
     (["--data.sampling=sideways"], "sampling"),
+    (["--data.train_distribution=skewed"], "train_distribution"),
+    (["--model.pos_weight=heavy"], "pos_weight"),
     (["--data.layout=diagonal"], "layout"),
     (["--model.recurrent_activation=relu"], "recurrent_activation"),
-    (["--model.dropout=1.0"], "dropout"),
-    (["--data.sampling_ratio=0"], "sampling_ratio"),
+    # checkpoints
     (["--ckpt_path=/nonexistent/x.ckpt"], "checkpoint not found"),
 ]
 
 
 @pytest.mark.parametrize(("args", "named"), BAD_VALUES, ids=lambda v: str(v))
-def test_bad_values_give_one_clear_error(args: list[str], named: str, run_root: Path) -> None:
+def test_bad_values_give_one_clear_error(args: list[str], named: str, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # any other exception would be a traceback
+        main(["fit", *tiny(run_root), *args])
+    assert exit_info.value.code != 0
+    assert named in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_value_in_a_real_process(run_root: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "lightsum", "fit", *tiny(run_root), *args],
+        [sys.executable, "-m", "lightsum", "fit", *tiny(run_root), "--data.num_samples=50"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert named in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("lightsum: error: data: the validation split")
 
 
 def test_corrupt_checkpoint_is_refused(run_root: Path, tmp_path: Path) -> None:

@@ -106,6 +106,14 @@ class GatherIndices(pl.Callback):
             with open(self.out, "a") as f:
                 f.write(json.dumps(everyone.tolist()) + "\n")
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Both ranks close the gloo group together. Left to interpreter exit, a rank that finishes
+        # first could tear its side down under the other's feet; that aborted a worker about once in
+        # six runs ("terminate called without an active exception").
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 class AdamClassifier(SumClassifier):
     """Outside the CLI nothing injects the optimizer."""

@@ -1,0 +1,134 @@
+"""Prediction files: reading users' sequences (CSV or .npy) and writing predictions as CSV."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+_DIGITS = frozenset("0123456789")
+
+
+def read_sequences(path: str | os.PathLike, seq_len: int) -> torch.Tensor:
+    """Digit sequences from a user's file, checked, as a uint8 tensor (N, seq_len).
+
+    Args:
+        path: a ``.npy`` file of N x seq_len integers 0-9, or a text/CSV file with one sequence
+            per line, written either as comma-separated digits (``3,0,9,...``) or as one string of
+            seq_len digits (``309...``).
+        seq_len: digits every sequence must have.
+
+    Raises:
+        ValueError: a missing or empty file, or the first bad line/row, named with what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data.predict_path: file not found: {path}")
+    digits = _read_npy(path, seq_len) if path.suffix == ".npy" else _read_text(path, seq_len)
+    if len(digits) == 0:
+        raise ValueError(f"data.predict_path: {path} holds no sequences")
+    return torch.from_numpy(digits)
+
+
+def _read_npy(path: Path, seq_len: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)  # never unpickle a user's file
+    except (ValueError, OSError) as err:
+        raise ValueError(f"data.predict_path: {path} is not a readable .npy array ({err})") from None
+    if array.ndim != 2 or array.shape[1] != seq_len:
+        raise ValueError(f"data.predict_path: {path} must hold an array of shape (N, {seq_len}), got {array.shape}")
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"data.predict_path: {path} must hold integers 0-9, got dtype {array.dtype}")
+    bad = np.flatnonzero(((array < 0) | (array > 9)).any(axis=1))
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(f"data.predict_path: {path}: row {row} holds a value outside 0-9: {array[row].tolist()}")
+    return array.astype(np.uint8)
+
+
+def _read_text(path: Path, seq_len: int) -> np.ndarray:
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"data.predict_path: {path} is not a text file (expected CSV or .npy)") from None
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing blank lines only; a blank line inside the file is an error
+    joined = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        fields = [f.strip() for f in text.split(",")] if "," in text else list(text)
+        if len(fields) != seq_len:
+            raise ValueError(f"data.predict_path: {path}, line {number}: expected {seq_len} digits, got {len(fields)}: {text[:80]!r}")
+        bad = next((f for f in fields if f not in _DIGITS), None)
+        if bad is not None:
+            raise ValueError(f"data.predict_path: {path}, line {number}: {bad!r} is not a digit 0-9")
+        joined.append("".join(fields))
+    flat = np.frombuffer("".join(joined).encode("ascii"), dtype=np.uint8) - ord("0")
+    return flat.reshape(len(joined), seq_len)
+
+
+class PredictionCSV(BasePredictionWriter):
+    """Writes ``predict`` results to a CSV file: ``row,probability,label`` (row: 0-based input position).
+
+    Rows are streamed to a temporary file beside the output, renamed over it only when every
+    batch is written, so an interrupted run never leaves a partial file under the output's name.
+
+    Args:
+        path: output file. Default: ``<input>.predictions.csv`` beside ``data.predict_path``, or
+            ``predictions.csv`` in the run folder when predicting the generated test set.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self._target: Path | None = None
+        self._partial: Path | None = None
+        self._file: Any = None
+        self._rows = 0
+
+    def output_path(self, trainer: pl.Trainer) -> Path:
+        if self.path is not None:
+            return Path(self.path)
+        source = getattr(trainer.datamodule, "hparams", {}).get("predict_path")
+        if source:
+            return Path(source).with_suffix(".predictions.csv")
+        return Path(trainer.log_dir or ".") / "predictions.csv"
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise ValueError("predict writes one CSV from one process: run it with --trainer.devices 1")
+        self._target = self.output_path(trainer)
+        source = getattr(trainer.datamodule, "hparams", {}).get("predict_path")
+        if source and self._target.resolve() == Path(source).resolve():
+            raise ValueError(f"predictions.path would overwrite the input file {source}")
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self._target.with_name(f".{self._target.name}.partial-{os.getpid()}")
+        self._file = self._partial.open("w")
+        self._file.write("row,probability,label\n")
+        self._rows = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        probs = prediction["probability"].float().cpu().numpy()
+        labels = prediction["label"].cpu().numpy()
+        rows = range(self._rows, self._rows + len(probs))
+        self._file.write("".join(f"{r},{p:.7g},{y}\n" for r, p, y in zip(rows, probs.tolist(), labels.tolist())))
+        self._rows += len(probs)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._partial, self._target)  # atomic: the output appears complete or not at all
+        self._file = None
+        print(f"lightsum: wrote {self._rows} predictions to {self._target}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._partial.unlink(missing_ok=True)
+            self._file = None

@@ -1,0 +1,173 @@
+"""``python -m lightsum report RUN_DIR ...``: a figure per run and a comparison table, from TensorBoard files."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
+TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "balanced_accuracy", "auroc")
+
+
+@dataclass
+class Run:
+    """What a run folder's event files and config.yaml say about one training run."""
+
+    path: Path
+    name: str
+    strategy: str
+    series: dict[str, list[tuple[int, float]]]  # tag -> [(step, value)] sorted by step
+    seconds: float
+    config: dict = field(default_factory=dict)
+
+    def by_epoch(self, tag: str) -> list[tuple[int, float]]:
+        """(epoch, value) of an epoch-level tag; epochs count from 1 as in the original's plot."""
+        epoch_at = dict(self.series.get("epoch", []))
+        return [(int(epoch_at.get(step, i)) + 1, value) for i, (step, value) in enumerate(self.series.get(tag, []))]
+
+    @property
+    def best(self) -> dict[str, float]:
+        """Validation metrics of the epoch with the highest val/min_recall (the first of ties, as
+        ModelCheckpoint keeps), with ``epoch`` and ``epochs`` (validation epochs run)."""
+        scores = self.by_epoch("val/min_recall")
+        if not scores:
+            return {"epochs": 0}
+        i = max(range(len(scores)), key=lambda k: (scores[k][1], -k))
+        row = {m: self.by_epoch(f"val/{m}")[i][1] for m in TABLE_METRICS if len(self.by_epoch(f"val/{m}")) > i}
+        return {**row, "epoch": scores[i][0], "epochs": len(scores)}
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run folders (holding event files) named by, or found under, each path."""
+    runs: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise ValueError(f"report: not a directory: {path}")
+        found = sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
+        if not found:
+            raise ValueError(f"report: no TensorBoard event files under {path}")
+        runs.extend(p for p in found if p not in runs)
+    return runs
+
+
+def read_run(path: Path) -> Run:
+    """Every scalar series of a run, its training seconds and its strategy.
+
+    Event files are read one by one: a resumed run adds a file, and merging them in one reader
+    would make steps go backwards and be purged. Seconds add up each file's span, from the file's
+    creation to its last scalar, so a pause between a stop and a resume does not count.
+    """
+    series: dict[str, list[tuple[int, float]]] = {}
+    seconds = 0.0
+    for events in sorted(path.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+        acc.Reload()
+        last = None
+        for tag in acc.Tags()["scalars"]:
+            points = acc.Scalars(tag)
+            series.setdefault(tag, []).extend((e.step, e.value) for e in points)
+            last = max([last or 0.0, *(e.wall_time for e in points)])
+        if last is not None:
+            seconds += last - acc.FirstEventTimestamp()
+    config_file = path / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    name = f"{path.parent.name}/{path.name}"
+    return Run(path, name, strategy_of(config), {t: sorted(p) for t, p in series.items()}, seconds, config or {})
+
+
+def strategy_of(config: dict) -> str:
+    """The imbalance strategy a resolved config.yaml describes, e.g. ``oversample 1.0, tuned``."""
+    data, model = config.get("data") or {}, config.get("model") or {}
+    if not data:
+        return "?"
+    if data.get("train_distribution") == "balanced":
+        what = f"balanced {data.get('sampling_ratio')}"
+    elif data.get("sampling", "none") != "none":
+        what = f"{data['sampling']} {data.get('sampling_ratio')}"
+    elif model.get("pos_weight") is not None:
+        what = f"pos_weight {model['pos_weight']}"
+    else:
+        what = "none"
+    return f"{what}, threshold {model.get('decision_threshold', 0.5)}"
+
+
+def table(runs: list[Run]) -> str:
+    """The markdown comparison table of ``runs``."""
+    head = ["run", "strategy", *TABLE_METRICS, "best epoch", "epochs", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for run in runs:
+        best = run.best
+        cells = [run.name, run.strategy]
+        cells += [f"{best[m]:.4f}" if m in best else "-" for m in TABLE_METRICS]
+        cells += [str(best.get("epoch", "-")), str(best["epochs"]), f"{run.seconds:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(run: Run, out: Path) -> None:
+    """The original notebook's figure for one run: loss per epoch (train dashed, validation solid)
+    on the left axis, validation accuracy and per-class recall on a twin axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for tag, style, label in (("train/loss_epoch", "--", "train loss"), ("val/loss", "-", "validation loss")):
+        points = run.by_epoch(tag)
+        if points:
+            ax.plot(*zip(*points), style, color="tab:red", label=label, marker="." if len(points) < 30 else None)
+    ax.set(xlabel="epoch", ylabel="binary cross-entropy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_yscale("log")  # losses of a good run span decades
+    twin = ax.twinx()
+    for tag, color, label in (("val/accuracy", "black", "accuracy"),
+                              ("val/recall_0", "tab:blue", "recall class 0 (minority)"),
+                              ("val/recall_1", "tab:green", "recall class 1")):
+        points = run.by_epoch(tag)
+        if points:
+            twin.plot(*zip(*points), "-", color=color, label=label, alpha=0.85)
+    twin.set(ylabel="validation accuracy / recall", ylim=(-0.02, 1.02))
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    twin.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
+    ax.set_title(f"{run.name}: {run.strategy}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def report_main(argv: list[str]) -> None:
+    """Parse ``report`` arguments, write the figures and the table, print the table."""
+    parser = argparse.ArgumentParser(
+        prog="lightsum report",
+        description="Figures and a comparison table of lightsum runs, read from their TensorBoard event files.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run folders (lightning_logs/<name>/version_<n>) or folders holding them")
+    parser.add_argument("--out", default="lightning_logs/report",
+                        help="output folder for <name>_<version>.png and report.md (default: %(default)s)")
+    parser.add_argument("--no-plots", action="store_true", help="write only the table (no matplotlib needed)")
+    args = parser.parse_args(argv)
+    if not args.no_plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("report draws figures with matplotlib, which is not installed: "
+                             "pip install 'lightsum[report]' (or pass --no-plots for the table only)") from None
+    runs = [read_run(p) for p in find_runs(args.runs)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        for run in runs:
+            plot(run, out / f"{run.name.replace('/', '_')}.png")
+    text = table(runs)
+    note = ("Validation metrics at the epoch with the best val/min_recall (the best checkpoint); "
+            "seconds: wall time from each event file's creation to its last scalar.")
+    (out / "report.md").write_text(f"{text}\n\n{note}\n")
+    print(text)
+    print(f"\nlightsum: wrote {out / 'report.md'}" + ("" if args.no_plots else f" and {len(runs)} figure(s)"))

@@ -1,0 +1,158 @@
+"""`predict` on users' files: reading CSV/.npy, the output CSV, and refusing bad input cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import REPO, tiny
+from lightsum import SumClassifier, SumDataModule
+from lightsum.main import main
+from lightsum.predict_io import PredictionCSV, read_sequences
+
+DIGITS = np.random.default_rng(7).integers(0, 10, size=(300, 30))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cli = main(["fit", *tiny(tmp_path_factory.mktemp("logs"), epochs=1)])
+    return Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+def write_csv(path: Path, rows: np.ndarray, comma: bool = True) -> Path:
+    path.write_text("".join((",".join if comma else "".join)(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("form", ["comma", "string", "npy"])
+def test_read_sequences_forms(form: str, tmp_path: Path) -> None:
+    if form == "npy":
+        np.save(path := tmp_path / "x.npy", DIGITS.astype(np.int64))
+    else:
+        path = write_csv(tmp_path / "x.csv", DIGITS, comma=form == "comma")
+        path.write_text(path.read_text().replace(",", " , ", 5) + "\n\n")  # spaces, trailing blank lines
+    digits = read_sequences(path, 30)
+    assert digits.dtype == torch.uint8 and torch.equal(digits, torch.as_tensor(DIGITS, dtype=torch.uint8))
+
+
+BAD_FILES = [
+    ("short.csv", "1,2,3\n", "line 1: expected 30 digits, got 3"),
+    ("letter.csv", "0" * 30 + "\n" + "0" * 29 + "x\n", "line 2: 'x' is not a digit"),
+    ("negative.csv", ",".join(["1"] * 29 + ["-1"]) + "\n", "line 1: '-1' is not a digit"),
+    ("two_digit.csv", ",".join(["1"] * 29 + ["10"]) + "\n", "line 1: '10' is not a digit"),
+    ("gap.csv", "0" * 30 + "\n\n" + "0" * 30 + "\n", "line 2: expected 30 digits, got 0"),
+    ("header.csv", "digits\n" + "0" * 30 + "\n", "line 1: expected 30 digits, got 6"),
+    ("empty.csv", "", "holds no sequences"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "named"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_text_files_name_the_line(name: str, text: str, named: str, tmp_path: Path) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=named):
+        read_sequences(tmp_path / name, 30)
+
+
+@pytest.mark.parametrize(("array", "named"), [
+    (np.zeros((4, 29), dtype=np.int64), r"shape \(N, 30\), got \(4, 29\)"),
+    (np.zeros((4, 30), dtype=np.float32), "integers 0-9, got dtype float32"),
+    (np.vstack([np.zeros((2, 30), int), np.full((1, 30), 12)]), "row 2 holds a value outside 0-9"),
+    (np.zeros((0, 30), dtype=np.int64), "holds no sequences"),
+])
+def test_bad_npy_files_name_the_row(array: np.ndarray, named: str, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(ValueError, match=named):
+        read_sequences(tmp_path / "x.npy", 30)
+
+
+def test_missing_binary_and_pickled_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="file not found"):
+        read_sequences(tmp_path / "nope.csv", 30)
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ValueError, match="not a text file"):
+        read_sequences(tmp_path / "bin.csv", 30)
+    np.save(tmp_path / "obj.npy", np.array([[object()]], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        read_sequences(tmp_path / "obj.npy", 30)
+
+
+def predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lightsum", "predict", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=180)
+
+
+def read_predictions(path: Path) -> np.ndarray:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "row,probability,label"
+    return np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+
+
+def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "mine.csv", DIGITS, comma=False)
+    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+                   "--trainer.enable_progress_bar=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "Predicting" in proc.stdout  # the progress bar (Lightning draws it on stdout)
+    out = tmp_path / "mine.predictions.csv"  # the documented default: beside the input
+    rows = read_predictions(out)
+    model = SumClassifier.load_from_checkpoint(checkpoint)
+    np.testing.assert_array_equal(rows[:, 0], np.arange(len(DIGITS)))
+    np.testing.assert_allclose(rows[:, 1], model.predict_proba(DIGITS), rtol=1e-6)
+    np.testing.assert_array_equal(rows[:, 2], model.predict(DIGITS))
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_predict_npy_to_a_chosen_path_and_the_test_set(checkpoint: Path, tmp_path: Path) -> None:
+    np.save(source := tmp_path / "mine.npy", DIGITS.astype(np.uint8))
+    out = tmp_path / "sub" / "out.csv"
+    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+                   f"--predictions.path={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_predictions(out)) == len(DIGITS)
+    # Without predict_path: the generated test set, into the run folder.
+    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_predictions(next((tmp_path / "logs").rglob("predictions.csv")))) == 500
+
+
+def test_bad_input_leaves_earlier_output_intact(checkpoint: Path, tmp_path: Path) -> None:
+    source = tmp_path / "mine.csv"
+    source.write_text("0" * 30 + "\n" + "7" * 31 + "\n")
+    out = tmp_path / "mine.predictions.csv"
+    out.write_text("earlier results\n")
+    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"lightsum: error: data.predict_path: {source}, line 2: expected 30 digits, got 31: '{'7' * 31}'"
+    )
+    assert out.read_text() == "earlier results\n"
+
+
+def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "short.csv", DIGITS[:, :20])
+    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+                   "--data.seq_len=20")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "model reads seq_len=30 but data.seq_len is 20" in proc.stderr.strip().splitlines()[-1]
+
+
+class FailingModel(SumClassifier):
+    def predict_step(self, batch, batch_idx):
+        if batch_idx == 2:
+            raise RuntimeError("boom")
+        return super().predict_step(batch, batch_idx)
+
+
+def test_a_failure_mid_predict_leaves_no_partial_output(tmp_path: Path) -> None:
+    np.save(source := tmp_path / "mine.npy", DIGITS)
+    data = SumDataModule(batch_size=50, predict_path=str(source))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV()])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.predict(FailingModel(hidden_size=8), datamodule=data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy"]

@@ -20,6 +20,11 @@ from lightsum.predict_io import PredictionCSV
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_DESCRIPTION = (
+    "Train and evaluate digit-sum classifiers on imbalanced data. One more subcommand, not listed "
+    "below: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
+    "(`lightsum report --help`)."
+)
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -78,6 +83,16 @@ class SumCLI(LightningCLI):
             ]
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             resume_in_latest_version(config)
+
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning calls every hook of every callback at every step (~4 us each here): keep only
+        # the callbacks this subcommand uses.
+        unused = [c for c in trainer.callbacks if isinstance(c, PredictionCSV) and self.subcommand != "predict"]
+        unused += [c for c in trainer.callbacks if isinstance(c, EvaluationFigures) and not c.every_n_epochs]
+        trainer.callbacks = [c for c in trainer.callbacks if c not in unused]
+        return trainer
 
 
 def check_checkpoint(path: str) -> None:
@@ -143,7 +158,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
         trainer_defaults={"callbacks": [HparamsSession()]},
         parser_class=OneLineErrorParser,
         # The packaged default applies first; any --config stacks on top of it.
-        parser_kwargs={cmd: default for cmd in _SUBCOMMANDS} if run else default,
+        parser_kwargs={**{cmd: default for cmd in _SUBCOMMANDS}, "description": _DESCRIPTION} if run else default,
         # A requeued or repeated run writes config.yaml again into the same folder.
         save_config_kwargs={"overwrite": True},
     )

@@ -44,10 +44,10 @@ def _read_npy(path: Path, seq_len: int) -> np.ndarray:
         raise ValueError(f"data.predict_path: {path} must hold an array of shape (N, {seq_len}), got {array.shape}")
     if array.dtype.kind not in "iu":
         raise ValueError(f"data.predict_path: {path} must hold integers 0-9, got dtype {array.dtype}")
-    bad = np.flatnonzero(((array < 0) | (array > 9)).any(axis=1))
+    bad = np.argwhere((array < 0) | (array > 9))
     if len(bad):
-        row = int(bad[0])
-        raise ValueError(f"data.predict_path: {path}: row {row} holds a value outside 0-9: {array[row].tolist()}")
+        row, column = (int(i) for i in bad[0])
+        raise ValueError(f"data.predict_path: {path}, row {row}, column {column}: {array[row, column]} is not a digit 0-9")
     return array.astype(np.uint8)
 
 

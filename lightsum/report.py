@@ -25,9 +25,9 @@ class Run:
     config: dict = field(default_factory=dict)
 
     def by_epoch(self, tag: str) -> list[tuple[int, float]]:
-        """(epoch, value) of an epoch-level tag; epochs count from 1 as in the original's plot."""
+        """(epoch, value) of an epoch-level tag; epochs counted from 0, as in checkpoint names."""
         epoch_at = dict(self.series.get("epoch", []))
-        return [(int(epoch_at.get(step, i)) + 1, value) for i, (step, value) in enumerate(self.series.get(tag, []))]
+        return [(int(epoch_at.get(step, i)), value) for i, (step, value) in enumerate(self.series.get(tag, []))]
 
     @property
     def best(self) -> dict[str, float]:

@@ -78,3 +78,39 @@ def test_class_metrics_per_class_recall() -> None:
 def test_bad_arguments(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         SumClassifier(**kwargs)
+
+
+def test_model_refuses_data_of_another_length() -> None:
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="reads sequences of 30 digits but data.seq_len is 20"):
+        trainer.test(SumClassifier(hidden_size=8), datamodule=SumDataModule(seq_len=20, threshold=60))
+
+
+def test_train_loss_epoch_is_the_mean_step_loss(tmp_path) -> None:
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    class Recorded(SumClassifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)  # weights fixed: losses reproducible
+
+        def on_train_start(self):
+            self.step_losses = []
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.step_losses.append(float(loss))
+            return loss
+
+    torch.manual_seed(0)
+    model = Recorded(hidden_size=8, dropout=0.0)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         limit_val_batches=0)
+    trainer.fit(model, datamodule=SumDataModule(num_samples=1000, batch_size=64))
+    assert len(model.step_losses) == 13
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(np.mean(model.step_losses), rel=1e-5)

@@ -62,7 +62,7 @@ def test_bad_text_files_name_the_line(name: str, text: str, named: str, tmp_path
 @pytest.mark.parametrize(("array", "named"), [
     (np.zeros((4, 29), dtype=np.int64), r"shape \(N, 30\), got \(4, 29\)"),
     (np.zeros((4, 30), dtype=np.float32), "integers 0-9, got dtype float32"),
-    (np.vstack([np.zeros((2, 30), int), np.full((1, 30), 12)]), "row 2 holds a value outside 0-9"),
+    (np.vstack([np.zeros((2, 30), int), np.full((1, 30), 12)]), "row 2, column 0: 12 is not a digit 0-9"),
     (np.zeros((0, 30), dtype=np.int64), "holds no sequences"),
 ])
 def test_bad_npy_files_name_the_row(array: np.ndarray, named: str, tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_report_draws_a_figure_and_a_table(run_dir: Path, tmp_path: Path, capsys
     expected = [f"{series[f'val/{m}'][best][1]:.4f}" for m in ("recall_0", "recall_1", "min_recall", "balanced_accuracy", "auroc")]
     assert cells[1] == "oversample 1.0, threshold tuned"
     assert cells[2:7] == expected
-    assert cells[7:9] == [str(best + 1), str(EPOCHS)]
+    assert cells[7:9] == [str(best), str(EPOCHS)]
     # The best epoch is the one the best checkpoint holds.
     assert (run_dir / "checkpoints" / f"best-epoch={best:03d}.ckpt").is_file()
     assert 0 < float(cells[9]) < 120
@@ -121,12 +121,10 @@ def no_matplotlib_env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
 
 
-@pytest.mark.parametrize(("args", "named"), [
-    (["/nonexistent/run"], "not a directory"),
-    (["."], "no TensorBoard event files"),  # the repository holds no event files
-])
-def test_report_errors(args: list[str], named: str, tmp_path: Path) -> None:
-    proc = run_cli("report", *args, "--out", str(tmp_path))
+@pytest.mark.parametrize(("arg", "named"), [("nonexistent", "not a directory"), ("empty", "no TensorBoard event files")])
+def test_report_errors(arg: str, named: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("report", str(tmp_path / arg), "--out", str(tmp_path / "out"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert named in proc.stderr.strip().splitlines()[-1]
 
@@ -193,3 +191,10 @@ def test_a_real_tensorboard_server_shows_the_run(run_dir: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_figures_can_be_switched_off(tmp_path: Path) -> None:
+    cli = main(["fit", *tiny(tmp_path, epochs=1), "--figures.every_n_epochs=0"])
+    acc = events(Path(cli.trainer.log_dir))
+    assert acc.Tags()["images"] == [] and acc.Tags()["tensors"] == []
+    assert "val/min_recall" in acc.Tags()["scalars"]

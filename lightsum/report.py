@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -22,7 +22,6 @@ class Run:
     strategy: str
     series: dict[str, list[tuple[int, float]]]  # tag -> [(step, value)] sorted by step
     seconds: float
-    config: dict = field(default_factory=dict)
 
     def by_epoch(self, tag: str) -> list[tuple[int, float]]:
         """(epoch, value) of an epoch-level tag; epochs counted from 0, as in checkpoint names."""
@@ -77,11 +76,11 @@ def read_run(path: Path) -> Run:
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     name = f"{path.parent.name}/{path.name}"
-    return Run(path, name, strategy_of(config), {t: sorted(p) for t, p in series.items()}, seconds, config or {})
+    return Run(path, name, strategy_of(config or {}), {t: sorted(p) for t, p in series.items()}, seconds)
 
 
 def strategy_of(config: dict) -> str:
-    """The imbalance strategy a resolved config.yaml describes, e.g. ``oversample 1.0, tuned``."""
+    """The imbalance strategy a resolved config.yaml describes, e.g. ``oversample 1.0, threshold tuned``."""
     data, model = config.get("data") or {}, config.get("model") or {}
     if not data:
         return "?"

@@ -32,9 +32,20 @@ def natural_digits(n: int, seq_len: int, generator: torch.Generator) -> torch.Te
     return torch.randint(0, 10, (n, seq_len), generator=generator, dtype=torch.uint8)
 
 
+_LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
+
+
 def labels_of(digits: torch.Tensor, threshold: int) -> torch.Tensor:
-    """Label 1 when the digit sum reaches ``threshold``; uint8."""
-    return (digits.sum(dim=1, dtype=torch.int32) >= threshold).to(torch.uint8)
+    """Label 1 when the digit sum reaches ``threshold``; uint8.
+
+    Summed in chunks: one ``sum(dtype=int32)`` over all rows would hold an int32 copy of every
+    digit, 4x the data, at once.
+    """
+    labels = torch.empty(len(digits), dtype=torch.uint8, device=digits.device)
+    for start in range(0, len(digits), _LABEL_CHUNK):
+        chunk = digits[start:start + _LABEL_CHUNK]
+        labels[start:start + _LABEL_CHUNK] = chunk.sum(dim=1, dtype=torch.int32) >= threshold
+    return labels
 
 
 class DigitBatches(Dataset):

@@ -75,3 +75,11 @@ def test_loader_serves_whole_batches() -> None:
 def test_bad_arguments(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         SumDataModule(**kwargs)
+
+
+def test_labels_of_sums_in_chunks_exactly() -> None:
+    from lightsum.data import _LABEL_CHUNK, labels_of
+
+    digits = torch.randint(0, 10, (2 * _LABEL_CHUNK + 5, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    expected = (digits.long().sum(dim=1) >= 135).to(torch.uint8)  # the mean: both classes, near 50/50
+    assert torch.equal(labels_of(digits, 135), expected)

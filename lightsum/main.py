@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightsum.callbacks import EvaluationFigures, HparamsSession
+from lightsum.checkpointing import RandomStates
 from lightsum.data import SumDataModule
 from lightsum.model import SumClassifier
 from lightsum.predict_io import PredictionCSV
@@ -155,7 +156,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
         SumDataModule,
         args=args,
         run=run,
-        trainer_defaults={"callbacks": [HparamsSession()]},
+        trainer_defaults={"callbacks": [HparamsSession(), RandomStates()]},
         parser_class=OneLineErrorParser,
         # The packaged default applies first; any --config stacks on top of it.
         parser_kwargs={**{cmd: default for cmd in _SUBCOMMANDS}, "description": _DESCRIPTION} if run else default,

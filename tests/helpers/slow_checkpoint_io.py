@@ -1,0 +1,14 @@
+"""A checkpoint writer that pauses before its rename, so a test can kill -9 a fit mid-write."""
+
+from __future__ import annotations
+
+import time
+
+from lightsum.checkpointing import AtomicCheckpointIO
+
+
+class SlowAtomicCheckpointIO(AtomicCheckpointIO):
+    def _write(self, checkpoint, f) -> None:
+        super()._write(checkpoint, f)
+        f.flush()
+        time.sleep(0.4)  # the partial file is complete on disk but not yet renamed

@@ -7,7 +7,8 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightsum.predict_io import read_sequences
 from lightsum.samplers import ResampledSampler, Sampling
@@ -192,18 +193,28 @@ class SumDataModule(pl.LightningDataModule):
             digits = read_sequences(h.predict_path, h.seq_len)
             self.predict_set = DigitBatches(digits, labels_of(digits, h.threshold))
 
-    def _loader(self, dataset: DigitBatches, sampler: ResampledSampler | None = None) -> DataLoader:
+    def _loader(self, dataset: DigitBatches, sampler: Sampler | None = None) -> DataLoader:
         # num_workers=0: for in-memory tensors worker processes only add IPC cost.
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=_batch_as_is)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.epoch_sampler)
 
+    def _eval_loader(self, dataset: DigitBatches) -> DataLoader:
+        # Under DDP, Lightning's default DistributedSampler pads the last rank with repeated
+        # sequences, which would be counted twice in the gathered metrics. Each sequence exactly
+        # once instead (ranks may differ by one batch: safe without gradients).
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return self._loader(dataset)
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        return self._loader(dataset, sampler)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)

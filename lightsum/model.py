@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -17,6 +18,10 @@ from lightsum.network import Init, RecurrentActivation, SumNet
 
 _PREDICT_CHUNK = 65_536  # rows per forward pass in predict_proba: bounded memory on big inputs
 _LOSS_FLUSH_EVERY = 50  # steps of train/loss buffered between writes to the loggers
+
+# Epoch-level values here are global already (torchmetrics syncs on compute, CatMetric gathers),
+# so Lightning's advice to add sync_dist=True would only average identical numbers again.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
 
 
 class SumClassifier(pl.LightningModule):
@@ -188,6 +193,7 @@ class SumClassifier(pl.LightningModule):
         values = class_metrics(probs, target, self.decision_threshold)
         values["loss"] = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=self.pos_weight)
         values["decision_threshold"] = self.decision_threshold.clone()
+        values["sequences"] = torch.tensor(float(len(target)))  # evaluated once each, over all ranks
         self.eval_outputs[stage] = (probs, target)
         # Values are already global (gathered above): no further reduction across ranks.
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)

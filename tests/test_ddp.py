@@ -1,0 +1,71 @@
+"""Multi-process training through the real CLI: 2 CPU processes (gloo), launched by Lightning itself."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, scalars, tiny
+from lightsum import SumDataModule
+
+TEST_SAMPLES = 999  # odd: a padding sampler would evaluate one sequence twice on 2 processes
+
+
+def run(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lightsum", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def reported_test_metrics(run_dir: Path) -> dict[str, float]:
+    return {tag: points[-1][1] for tag, points in scalars(run_dir).items() if tag.startswith("test/")}
+
+
+def test_two_process_ddp_reports_the_single_process_metrics(run_root: Path) -> None:
+    common = [*tiny(run_root), f"--data.test_samples={TEST_SAMPLES}", "--trainer.accelerator=cpu"]
+    ddp = ["--config", str(REPO / "configs" / "ddp.yaml")]
+    run("fit", *ddp, *common)
+    (best,) = run_root.glob("default/version_0/checkpoints/best-*.ckpt")
+    run("test", *ddp, *common, f"--ckpt_path={best}")
+    run("test", *common, f"--ckpt_path={best}")  # the packaged default: one process
+    two, one = (reported_test_metrics(run_root / "default" / f"version_{v}") for v in (1, 2))
+    assert two["test/sequences"] == one["test/sequences"] == TEST_SAMPLES
+    assert two.keys() == one.keys() and len(two) >= 9
+    for tag in two:
+        # Counts are exact; AUROC, AP and the mean loss see the same values in another order.
+        assert two[tag] == pytest.approx(one[tag], abs=1e-6), tag
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_nodes_on_one_machine(run_root: Path) -> None:
+    """Two torchrun agents, one process each, meet on 127.0.0.1 as nodes 0 and 1 of one job."""
+    port = free_port()
+    fit = [*tiny(run_root), "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=1",
+           "--trainer.num_nodes=2", "--trainer.enable_model_summary=false"]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "lightsum", "fit", *fit],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in errors[1]
+    # One run folder, written by global rank 0; each rank took half of every resampled epoch.
+    (last,) = run_root.glob("default/version_*/checkpoints/last.ckpt")
+    data = SumDataModule(num_samples=600, sampling="oversample", batch_size=256)  # the default config under tiny()
+    data.setup("fit")
+    steps_per_epoch = math.ceil(math.ceil(len(data.epoch_sampler) / 2) / 256)
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * steps_per_epoch

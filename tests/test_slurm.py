@@ -1,0 +1,94 @@
+"""SLURM pre-emption, simulated: SLURM's variables, a fake `scontrol`, SIGUSR1, a kill, the same command again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, scalars, tiny
+from lightsum.main import check_checkpoint, main
+
+JOB_ID = "4242"
+EPOCHS = 6
+
+
+def slurm_env(tmp_path: Path) -> dict[str, str]:
+    """What srun sets for a 1-task job, and a `scontrol` on PATH that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path / "scontrol.log"}"\n')
+    scontrol.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {
+        **env,
+        "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}",
+        "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "lightsum", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+    }
+
+
+def launch(root: Path, env: dict[str, str]) -> subprocess.Popen:
+    # The command an sbatch script would run, unchanged between the first run and the requeued one.
+    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *tiny(root, epochs=EPOCHS), "--data.num_samples=4000"],
+                            cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    env = slurm_env(tmp_path)
+    run_dir = root / "default" / f"slurm_{JOB_ID}"  # named after the job: the same folder after a requeue
+    proc = launch(root, env)
+    wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)  # epoch 0 done
+    time.sleep(0.3)  # somewhere in epoch 1
+    proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit (--signal=SIGUSR1@90)
+    wait_for(lambda: (tmp_path / "scontrol.log").exists(), proc)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
+    (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")
+    check_checkpoint(str(hpc))
+    saved = torch.load(hpc, weights_only=True)
+    proc.kill()  # SLURM ends the job once it is requeued
+    proc.wait()
+    assert not (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime > hpc.stat().st_mtime
+
+    requeued = launch(root, env)
+    out = requeued.communicate(timeout=300)[0]
+    assert requeued.returncode == 0, out[-3000:]
+    assert f"Restoring states from the checkpoint path at {hpc}" in out
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == EPOCHS - 1 and final["global_step"] > saved["global_step"]
+    assert sorted(p.name for p in (root / "default").iterdir()) == [f"slurm_{JOB_ID}"]
+    # The training curve continues from where the signal came.
+    steps = [s for s, _ in scalars(run_dir)["train/loss"]]
+    assert max(steps) == final["global_step"] - 1
+
+
+def test_the_sbatch_script_asks_for_the_signal_and_its_command_parses(capsys) -> None:
+    script = (REPO / "scripts" / "lightsum.sbatch").read_text()
+    assert "#SBATCH --signal=SIGUSR1@90" in script and "#SBATCH --requeue" in script
+    command = script[script.index("srun python -m lightsum"):].replace("\\\n", " ")
+    args = command.replace('"$SLURM_NTASKS_PER_NODE"', "4").replace('"$SLURM_JOB_NUM_NODES"', "2").replace('"$@"', "")
+    args = args.split()[4:]  # after "srun python -m lightsum"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["strategy"] == "ddp" and str(printed["trainer"]["devices"]) == "4"
+    assert printed["trainer"]["num_nodes"] == 2

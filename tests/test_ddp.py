@@ -69,3 +69,18 @@ def test_torchrun_two_nodes_on_one_machine(run_root: Path) -> None:
     data.setup("fit")
     steps_per_epoch = math.ceil(math.ceil(len(data.epoch_sampler) / 2) / 256)
     assert torch.load(last, weights_only=True)["global_step"] == 2 * steps_per_epoch
+
+
+def test_two_process_resume_at_an_epoch_boundary_is_exact(run_root: Path) -> None:
+    """Every rank's random states are in the checkpoint and go back to their own rank."""
+    common = ["--config", str(REPO / "configs" / "ddp.yaml"), *tiny(run_root), "--trainer.accelerator=cpu",
+              "--figures.every_n_epochs=0"]
+    run("fit", *common, "--trainer.max_epochs=4", "--trainer.logger.init_args.name=whole")
+    run("fit", *common, "--trainer.max_epochs=2", "--trainer.logger.init_args.name=split")
+    run("fit", *common, "--trainer.max_epochs=4", "--trainer.logger.init_args.name=split", "--ckpt_path=last")
+    whole, split = (torch.load(run_root / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+                    for name in ("whole", "split"))
+    assert len(split["callbacks"]["RandomStates"]["per_rank"]) == 2
+    assert split["global_step"] == whole["global_step"]
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(split["state_dict"][key], value), key

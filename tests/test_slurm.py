@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,11 +69,18 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path: Path) -> 
     proc.wait()
     assert not (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime > hpc.stat().st_mtime
 
-    requeued = launch(root, env)
-    out = requeued.communicate(timeout=300)[0]
-    assert requeued.returncode == 0, out[-3000:]
-    assert f"Restoring states from the checkpoint path at {hpc}" in out
+    # A copy of the job's folder, requeued too: resuming one mid-epoch checkpoint is deterministic.
+    twin_root = tmp_path / "twin" / "logs"
+    shutil.copytree(root, twin_root)
+    for parent in (root, twin_root):
+        requeued = launch(parent, env)
+        out = requeued.communicate(timeout=300)[0]
+        assert requeued.returncode == 0, out[-3000:]
+        assert f"Restoring states from the checkpoint path at {parent / hpc.relative_to(root)}" in out
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    twin = torch.load(twin_root / run_dir.relative_to(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    for key, value in final["state_dict"].items():
+        assert torch.equal(twin["state_dict"][key], value), key
     assert final["epoch"] == EPOCHS - 1 and final["global_step"] > saved["global_step"]
     assert sorted(p.name for p in (root / "default").iterdir()) == [f"slurm_{JOB_ID}"]
     # The training curve continues from where the signal came.

@@ -53,7 +53,7 @@ def _read_npy(path: Path, seq_len: int) -> np.ndarray:
 
 def _read_text(path: Path, seq_len: int) -> np.ndarray:
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM some editors write is not a digit
     except UnicodeDecodeError:
         raise ValueError(f"data.predict_path: {path} is not a text file (expected CSV or .npy)") from None
     while lines and not lines[-1].strip():

@@ -37,6 +37,8 @@ def test_read_sequences_forms(form: str, tmp_path: Path) -> None:
     else:
         path = write_csv(tmp_path / "x.csv", DIGITS, comma=form == "comma")
         path.write_text(path.read_text().replace(",", " , ", 5) + "\n\n")  # spaces, trailing blank lines
+    if form == "string":  # Windows line endings and a byte-order mark, as some editors save CSV
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
     digits = read_sequences(path, 30)
     assert digits.dtype == torch.uint8 and torch.equal(digits, torch.as_tensor(DIGITS, dtype=torch.uint8))
 

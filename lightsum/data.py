@@ -33,6 +33,7 @@ def natural_digits(n: int, seq_len: int, generator: torch.Generator) -> torch.Te
     return torch.randint(0, 10, (n, seq_len), generator=generator, dtype=torch.uint8)
 
 
+_SYNTHESIS_CHUNK = 262_144  # rows of one class drawn at a time: bounded temporaries
 _LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
 
 
@@ -155,12 +156,17 @@ class SumDataModule(pl.LightningDataModule):
             return natural_digits(self.num_train, h.seq_len, g)
         # Minority (label 0 unless the threshold makes label 1 rarer) at sampling_ratio of majority.
         minority = 0 if class_probability(h.seq_len, h.threshold) <= 0.5 else 1
-        n_min = round(self.num_train * h.sampling_ratio / (1 + h.sampling_ratio))
-        digits = torch.cat([
-            class_digits(n_min, minority, h.seq_len, h.threshold, g),
-            class_digits(self.num_train - n_min, 1 - minority, h.seq_len, h.threshold, g),
-        ])
-        return digits[torch.randperm(len(digits), generator=g)]
+        n, n_min = self.num_train, round(self.num_train * h.sampling_ratio / (1 + h.sampling_ratio))
+        # Positions of the minority first (a uniformly random placement), then each class's rows
+        # drawn in chunks straight into place: peak memory is the digits plus ~9 bytes a row,
+        # where drawing both classes whole, concatenating and shuffling held three copies.
+        is_minority = torch.zeros(n, dtype=torch.bool)
+        is_minority[torch.randperm(n, generator=g)[:n_min]] = True
+        digits = torch.empty(n, h.seq_len, dtype=torch.uint8)
+        for label, rows in ((minority, is_minority), (1 - minority, ~is_minority)):
+            for chunk in rows.nonzero().squeeze(1).split(_SYNTHESIS_CHUNK):
+                digits[chunk] = class_digits(len(chunk), label, h.seq_len, h.threshold, g)
+        return digits
 
     def _labelled(self, digits: torch.Tensor, split: str) -> DigitBatches:
         """A split with its labels, refused when a class is missing (its recall would be undefined)."""

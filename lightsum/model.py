@@ -17,11 +17,20 @@ from lightsum.metrics import class_metrics, tune_threshold
 from lightsum.network import Init, RecurrentActivation, SumNet
 
 _PREDICT_CHUNK = 65_536  # rows per forward pass in predict_proba: bounded memory on big inputs
-_LOSS_FLUSH_EVERY = 50  # steps of train/loss buffered between writes to the loggers
+_FLUSH_EVERY = 50  # steps of train/loss and training-recall inputs buffered on the device
 
 # Epoch-level values here are global already (torchmetrics syncs on compute, CatMetric gathers),
 # so Lightning's advice to add sync_dist=True would only average identical numbers again.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
+
+
+_FLOAT16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16, 6.1e-05
+
+
+def _precision_hint(trainer: pl.Trainer) -> str:
+    if str(trainer.precision).startswith("16"):
+        return "; float16 overflows easily: try --trainer.precision bf16-mixed"
+    return "; try a lower --optimizer.init_args.lr"
 
 
 class SumClassifier(pl.LightningModule):
@@ -93,14 +102,19 @@ class SumClassifier(pl.LightningModule):
         self.train_recall = MetricCollection(
             {"recall_0": BinarySpecificity(validate_args=False), "recall_1": BinaryRecall(validate_args=False)}
         )
+        # Per-step values wait on the device and reach the loggers / metrics every _FLUSH_EVERY
+        # steps (see _flush_steps).
         self._pending_losses: list[tuple[int, torch.Tensor]] = []
+        self._pending_recall: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Sum of the epoch's step losses, kept on the device: an epoch mean with no per-step sync.
         self.register_buffer("_epoch_loss_sum", torch.zeros(()), persistent=False)
         self._epoch_steps = 0
         # The last evaluation's gathered (probabilities, targets), for figure callbacks.
         self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.val_logits, self.val_target = CatMetric(), CatMetric()
-        self.test_logits, self.test_target = CatMetric(), CatMetric()
+        # nan_strategy="disable": the default NaN check reads every update back to the host (a
+        # device sync per batch on a GPU); a diverged model is caught once per epoch instead.
+        self.val_logits, self.val_target = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
+        self.test_logits, self.test_target = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
 
     # --- inputs -------------------------------------------------------------------------------
     def features(self, digits: torch.Tensor) -> torch.Tensor:
@@ -129,6 +143,19 @@ class SumClassifier(pl.LightningModule):
                 raise ValueError("model.pos_weight='balanced' needs both classes in the training split")
             self.pos_weight.fill_((len(labels) - n_pos) / n_pos)
 
+    def on_fit_start(self) -> None:
+        if self.trainer.precision != "16-true":
+            return
+        # 16-true keeps Adam's moments in float16 too, where an eps such as 1e-8 rounds to 0:
+        # the first step divides by ~0 and every weight becomes NaN (seen with Keras' default).
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("eps", 1.0) < _FLOAT16_TINY:
+                    raise ValueError(
+                        f"--trainer.precision 16-true with optimizer eps={group['eps']:g}: float16 rounds it "
+                        f"to 0 and the weights become NaN; use 16-mixed or bf16-mixed, or an eps >= 1e-4"
+                    )
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         digits, target = batch
         logits = self(digits)
@@ -138,19 +165,25 @@ class SumClassifier(pl.LightningModule):
         self._epoch_steps += 1
         if self.loggers and self.global_step % self.trainer.log_every_n_steps == 0:
             self._pending_losses.append((self.global_step, loss.detach()))
-            if len(self._pending_losses) >= _LOSS_FLUSH_EVERY:
-                self._flush_losses()
-        self.train_recall.update((torch.sigmoid(logits.detach()) >= self.decision_threshold).long(), target.long())
+        self._pending_recall.append((torch.sigmoid(logits.detach()) >= self.decision_threshold, target))
+        if len(self._pending_recall) >= _FLUSH_EVERY:
+            self._flush_steps()
         return loss
 
-    def _flush_losses(self) -> None:
-        """Write the buffered per-step ``train/loss`` values, one point per step.
+    def _flush_steps(self) -> None:
+        """Write the buffered per-step ``train/loss`` values and update the training recall.
 
         ``self.log`` costs about 1 ms per call on a CPU (Lightning moves its result collection on
         every call), as much as a whole flat-layout step, and reading a loss every step would force
         a device sync per step on a GPU. Buffering on the device and writing straight to the
-        loggers every ``_LOSS_FLUSH_EVERY`` steps keeps every point with one sync per flush.
+        loggers every ``_FLUSH_EVERY`` steps keeps every point with one sync per flush. The
+        recall's stat scores are sums, so one update with the buffered batches gives the same
+        counts as one update per step, at a fiftieth of torchmetrics' per-call cost.
         """
+        if self._pending_recall:
+            preds, target = (torch.cat(parts) for parts in zip(*self._pending_recall))
+            self._pending_recall.clear()
+            self.train_recall.update(preds.long(), target.long())
         if not self._pending_losses:
             return
         steps = [step for step, _ in self._pending_losses]
@@ -161,15 +194,17 @@ class SumClassifier(pl.LightningModule):
                 logger.log_metrics({"train/loss": value}, step=step)
 
     def on_train_end(self) -> None:
-        self._flush_losses()  # a max_steps stop can end training mid-epoch
+        self._flush_steps()  # a max_steps stop can end training mid-epoch
 
     def on_train_epoch_end(self) -> None:
-        self._flush_losses()
+        self._flush_steps()
         values = self.train_recall.compute()
         values["min_recall"] = torch.minimum(values["recall_0"], values["recall_1"])
         self.log_dict({f"train/{k}": v for k, v in values.items()})
         self.train_recall.reset()
         if self._epoch_steps:
+            if not torch.isfinite(self._epoch_loss_sum):  # one host sync per epoch
+                raise ValueError(f"training diverged: the loss of epoch {self.current_epoch} is not finite{_precision_hint(self.trainer)}")
             # Mean step loss of the epoch, averaged over ranks: the train curve of the report.
             self.log("train/loss_epoch", self._epoch_loss_sum / self._epoch_steps, sync_dist=True)
         self._epoch_loss_sum.zero_()
@@ -179,7 +214,8 @@ class SumClassifier(pl.LightningModule):
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         digits, target = batch
         # Logits are kept, not logged per step: loss and every metric come from them at epoch end.
-        getattr(self, f"{stage}_logits").update(self(digits))
+        # float32 whatever the precision: metrics and threshold tuning need the resolution.
+        getattr(self, f"{stage}_logits").update(self(digits).float())
         getattr(self, f"{stage}_target").update(target)
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -187,6 +223,8 @@ class SumClassifier(pl.LightningModule):
         logits, target = logits_metric.compute(), target_metric.compute()  # gathered from every rank
         logits_metric.reset()
         target_metric.reset()
+        if not torch.isfinite(logits).all():
+            raise ValueError(f"the model's {stage} outputs are not finite (NaN or inf): training diverged{_precision_hint(self.trainer)}")
         probs = torch.sigmoid(logits)
         if stage == "val" and self.hparams.decision_threshold == "tuned" and not self.trainer.sanity_checking:
             self.decision_threshold.fill_(tune_threshold(probs, target))

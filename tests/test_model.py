@@ -114,3 +114,86 @@ def test_train_loss_epoch_is_the_mean_step_loss(tmp_path) -> None:
     trainer.fit(model, datamodule=SumDataModule(num_samples=1000, batch_size=64))
     assert len(model.step_losses) == 13
     assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(np.mean(model.step_losses), rel=1e-5)
+
+
+def test_train_recall_equals_the_recall_of_every_step(tmp_path) -> None:
+    """Training recall is fed in buffered chunks of steps; it must count each step exactly once."""
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    class Recorded(SumClassifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        def on_train_start(self):
+            self.preds, self.targets = [], []
+
+        def training_step(self, batch, batch_idx):
+            with torch.no_grad():
+                self.preds.append((torch.sigmoid(self(batch[0])) >= 0.5).long())
+            self.targets.append(batch[1].long())
+            return super().training_step(batch, batch_idx)
+
+    torch.manual_seed(0)
+    model = Recorded(hidden_size=8, dropout=0.0, decision_threshold=0.5)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         limit_val_batches=0)
+    trainer.fit(model, datamodule=SumDataModule(num_samples=5000, batch_size=64, sampling="oversample"))
+    preds, targets = torch.cat(model.preds), torch.cat(model.targets)
+    assert len(model.preds) == 124  # oversampled epoch: two flushes of 50 steps and a partial one
+    recall_1 = ((preds == 1) & (targets == 1)).sum() / (targets == 1).sum()
+    recall_0 = ((preds == 0) & (targets == 0)).sum() / (targets == 0).sum()
+    assert float(trainer.callback_metrics["train/recall_1"]) == pytest.approx(float(recall_1), abs=1e-6)
+    assert float(trainer.callback_metrics["train/recall_0"]) == pytest.approx(float(recall_0), abs=1e-6)
+
+
+class AdamClassifier(SumClassifier):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "64-true"])
+def test_precision_choices_train_and_evaluate_in_float32_metrics(precision, activation) -> None:
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    model = AdamClassifier(hidden_size=8, recurrent_activation=activation)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         precision=precision, limit_train_batches=5)
+    trainer.fit(model, datamodule=SumDataModule(num_samples=2000, batch_size=64))
+    assert model.eval_outputs["val"][0].dtype == torch.float32
+    for name in ("val/loss", "val/auroc", "val/min_recall", "train/loss_epoch"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
+
+
+def test_16_true_with_a_tiny_adam_eps_is_refused() -> None:
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    class KerasAdam(SumClassifier):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), eps=1e-8)
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         precision="16-true")
+    with pytest.raises(ValueError, match="16-true with optimizer eps=1e-08"):
+        trainer.fit(KerasAdam(hidden_size=8), datamodule=SumDataModule(num_samples=2000, batch_size=64))
+
+
+def test_a_diverged_model_stops_with_a_clear_error() -> None:
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    class Diverging(SumClassifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=float("inf"))
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         num_sanity_val_steps=0, limit_train_batches=3)
+    with pytest.raises(ValueError, match="not finite"):
+        trainer.fit(Diverging(hidden_size=8), datamodule=SumDataModule(num_samples=2000, batch_size=64))

@@ -7,6 +7,10 @@ checkpoints every epoch, the progress bar and per-class metrics, as users get th
 loop has none of that. They alternate, several repeats, and medians are reported.
 
     python benchmarks/overhead.py [--epochs 3] [--repeats 3]
+    python benchmarks/overhead.py --accelerator gpu --num-samples 50000   # GPU (benchmarks/gpu_check.sh)
+
+On a GPU both sides keep the data on the device (lightsum: ``data.placement auto``; the plain loop
+moves it once) and the clocks stop after ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,21 @@ from lightsum.main import SumCLI, build_cli
 SEED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "seed.yaml"
 
 
+OPTIONS: list[str] = []  # extra CLI arguments for every run (--accelerator, --num-samples)
+
+
 def build(layout: str, batch_size: int, epochs: int, root: str) -> SumCLI:
     args = [
         "--config", str(SEED_CONFIG), f"--data.layout={layout}", f"--data.batch_size={batch_size}",
         f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.enable_model_summary=false",
+        "--trainer.enable_model_summary=false", *OPTIONS,
     ]
     return build_cli(args, run=False)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class EpochClock(pl.Callback):
@@ -43,9 +55,11 @@ class EpochClock(pl.Callback):
     """
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize()
         self.start = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize()
         self.seconds = time.perf_counter() - self.start
 
 
@@ -63,13 +77,16 @@ def plain_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[floa
         cli = build(layout, batch_size, epochs, root)
     dm, model = cli.datamodule, cli.model
     dm.setup("fit")
+    device = cli.trainer.strategy.root_device
+    model.to(device)
     net = model.net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    train, val = dm.train_set, dm.val_set
+    train, val = dm.train_set.to(device), dm.val_set.to(device)
+    synchronize()
     start = time.perf_counter()
     for epoch in range(epochs):
         dm.epoch_sampler.set_epoch(epoch)
-        order = torch.tensor(list(dm.epoch_sampler))
+        order = torch.tensor(list(dm.epoch_sampler), device=device)
         net.train()
         for batch in order.split(batch_size):
             digits, target = train.digits[batch], train.labels[batch]
@@ -81,6 +98,7 @@ def plain_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[floa
         with torch.no_grad():
             for digits in val.digits.split(batch_size):
                 net(model.features(digits))
+    synchronize()
     return (time.perf_counter() - start) / epochs, len(dm.epoch_sampler)
 
 
@@ -89,8 +107,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", nargs="+", default=["flat:50", "sequence:50", "flat:1024", "sequence:1024"])
+    parser.add_argument("--accelerator", default="cpu", help="trainer.accelerator for both sides (cpu, gpu)")
+    parser.add_argument("--num-samples", type=int, help="data.num_samples (seed config: 10000)")
     opts = parser.parse_args()
-    print(f"seed config, {opts.epochs} epochs per timing, median of {opts.repeats}, torch threads {torch.get_num_threads()}")
+    OPTIONS.append(f"--trainer.accelerator={opts.accelerator}")
+    if opts.num_samples:
+        OPTIONS.append(f"--data.num_samples={opts.num_samples}")
+    device = torch.cuda.get_device_name() if opts.accelerator == "gpu" else f"CPU, torch threads {torch.get_num_threads()}"
+    print(f"seed config {' '.join(OPTIONS)}, {opts.epochs} epochs per timing, median of {opts.repeats}, {device}")
     print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} {'lightsum s/epoch':>17s}")
     for case in opts.cases:
         layout, batch = case.split(":")

@@ -16,6 +16,7 @@ from lightsum.synthesis import class_digits, class_probability
 
 Layout = Literal["sequence", "flat"]
 TrainDistribution = Literal["natural", "balanced"]
+Placement = Literal["auto", "host", "device"]
 
 # Independent random streams per split: the test set never shares draws with train/val, and the
 # validation set is the same whatever the training distribution, so runs compare fairly.
@@ -60,6 +61,11 @@ class DigitBatches(Dataset):
     def __init__(self, digits: torch.Tensor, labels: torch.Tensor) -> None:
         self.digits, self.labels = digits, labels
 
+    def to(self, device: torch.device) -> DigitBatches:
+        """Moves the tensors once; batches are then gathered where the data lives."""
+        self.digits, self.labels = self.digits.to(device), self.labels.to(device)
+        return self
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -68,6 +74,10 @@ class DigitBatches(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices)
+        if self.digits.is_cuda:
+            # Only the indices cross, from pinned memory and without blocking: the host queues the
+            # gather and moves on, so a step never waits on a host-to-device copy.
+            index = index.pin_memory().to(self.digits.device, non_blocking=True)
         return self.digits[index], self.labels[index]
 
 
@@ -96,6 +106,10 @@ class SumDataModule(pl.LightningDataModule):
         predict_path: sequences to ``predict``: a CSV/text file (one sequence per line, digits
             comma-separated or as one string) or a ``.npy`` array (N, seq_len). Default: the
             generated test set.
+        placement: where the sequences live: ``device`` moves them once to the training device
+            in ``setup`` (one byte per digit: 6 MB for the default config), so batches are
+            gathered there with no per-step copy of the data; ``host`` keeps them in CPU memory
+            and Lightning copies each batch; ``auto`` is ``device`` on a CUDA accelerator.
     """
 
     def __init__(
@@ -112,6 +126,7 @@ class SumDataModule(pl.LightningDataModule):
         sampling_ratio: float = 1.0,
         train_distribution: TrainDistribution = "natural",
         predict_path: str | None = None,
+        placement: Placement = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -139,6 +154,14 @@ class SumDataModule(pl.LightningDataModule):
         n_val = self.num_val
         if n_val < 1 or n_val >= h.num_samples:
             raise ValueError(f"data.val_fraction={h.val_fraction} leaves an empty split of {h.num_samples} samples")
+
+    def data_device(self) -> torch.device:
+        """The device the sequences are kept on (see ``placement``)."""
+        trainer = self.trainer
+        if self.hparams.placement == "host" or trainer is None:
+            return torch.device("cpu")
+        device = trainer.strategy.root_device
+        return device if self.hparams.placement == "device" or device.type == "cuda" else torch.device("cpu")
 
     @property
     def num_val(self) -> int:
@@ -198,6 +221,10 @@ class SumDataModule(pl.LightningDataModule):
         if stage == "predict" and h.predict_path and self.predict_set is None:
             digits = read_sequences(h.predict_path, h.seq_len)
             self.predict_set = DigitBatches(digits, labels_of(digits, h.threshold))
+        device = self.data_device()
+        for split in (self.train_set, self.val_set, self.test_set, self.predict_set):
+            if split is not None and split.digits.device != device:
+                split.to(device)
 
     def _loader(self, dataset: DigitBatches, sampler: Sampler | None = None) -> DataLoader:
         # num_workers=0: for in-memory tensors worker processes only add IPC cost.

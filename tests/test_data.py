@@ -83,3 +83,49 @@ def test_labels_of_sums_in_chunks_exactly() -> None:
     digits = torch.randint(0, 10, (2 * _LABEL_CHUNK + 5, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     expected = (digits.long().sum(dim=1) >= 135).to(torch.uint8)  # the mean: both classes, near 50/50
     assert torch.equal(labels_of(digits, 135), expected)
+
+
+def _batches(dm: SumDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(d.cpu(), y.cpu()) for d, y in dm.train_dataloader()] + [(d.cpu(), y.cpu()) for d, y in dm.val_dataloader()]
+
+
+def _attached(placement: str, accelerator: str) -> SumDataModule:
+    import pytorch_lightning as pl
+
+    dm = SumDataModule(num_samples=2000, batch_size=64, sampling="oversample", placement=placement)
+    dm.trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False)
+    dm.setup("fit")
+    return dm
+
+
+def test_placement_resolves_to_the_host_on_a_cpu_trainer() -> None:
+    for placement in ("auto", "host", "device"):  # on a CPU trainer the device *is* the host
+        dm = _attached(placement, "cpu")
+        assert dm.data_device() == torch.device("cpu")
+        assert dm.train_set.digits.device.type == "cpu"
+    assert SumDataModule(placement="device").data_device() == torch.device("cpu")  # no trainer yet
+
+
+@pytest.mark.parametrize("placement", ["host", "sideways"])
+def test_placement_is_a_checked_choice(placement: str) -> None:
+    from lightsum.main import build_cli
+
+    if placement == "host":
+        assert build_cli(["--data.placement", placement], run=False).datamodule.hparams.placement == "host"
+    else:
+        with pytest.raises(SystemExit):
+            build_cli(["--data.placement", placement], run=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_placement_serves_the_same_batches_with_no_host_sync() -> None:
+    host, device = _attached("host", "gpu"), _attached("auto", "gpu")
+    assert device.train_set.digits.is_cuda and not host.train_set.digits.is_cuda
+    torch.cuda.set_sync_debug_mode("error")  # any blocking copy or host read in the loader raises
+    try:
+        on_device = [(d, y) for d, y in device.train_dataloader()]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(d.is_cuda and y.is_cuda for d, y in on_device)
+    for (a, b), (c, e) in zip(_batches(host), _batches(device), strict=True):
+        assert torch.equal(a, c) and torch.equal(b, e)

@@ -96,7 +96,7 @@ def plain_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[floa
             optimizer.step()
         net.eval()
         with torch.no_grad():
-            for digits in val.digits.split(batch_size):
+            for digits in val.digits.split(dm.hparams.eval_batch_size):  # lightsum's validation batches
                 net(model.features(digits))
     synchronize()
     return (time.perf_counter() - start) / epochs, len(dm.epoch_sampler)

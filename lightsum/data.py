@@ -94,7 +94,10 @@ class SumDataModule(pl.LightningDataModule):
         threshold: label is 1 when the digit sum is >= threshold.
         val_fraction: share of ``num_samples`` held out for validation (natural distribution).
         test_samples: size of the test set (natural distribution, its own random stream).
-        batch_size: sequences per batch, for every split.
+        batch_size: sequences per training batch.
+        eval_batch_size: sequences per batch for validation, test and predict. Evaluation keeps
+            no activations for a backward pass, so large batches cost little memory and save
+            Lightning's per-batch work (about 0.3 ms a batch on a CPU).
         seed: seed of all data generation and of the training sampler.
         layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len features,
             as in the original notebook). Read by the model, which reshapes the digits.
@@ -120,6 +123,7 @@ class SumDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_samples: int = 100_000,
         batch_size: int = 50,
+        eval_batch_size: int = 1024,
         seed: int = 0,
         layout: Layout = "sequence",
         sampling: Sampling = "none",
@@ -139,7 +143,7 @@ class SumDataModule(pl.LightningDataModule):
 
     def _check_arguments(self) -> None:
         h = self.hparams
-        for name in ("num_samples", "seq_len", "test_samples", "batch_size"):
+        for name in ("num_samples", "seq_len", "test_samples", "batch_size", "eval_batch_size"):
             if not isinstance(h[name], int) or h[name] < 1:
                 raise ValueError(f"data.{name} must be a positive integer, got {h[name]!r}")
         if not 0.0 < h.val_fraction < 1.0:
@@ -226,12 +230,12 @@ class SumDataModule(pl.LightningDataModule):
             if split is not None and split.digits.device != device:
                 split.to(device)
 
-    def _loader(self, dataset: DigitBatches, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: DigitBatches, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         # num_workers=0: for in-memory tensors worker processes only add IPC cost.
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=_batch_as_is)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_batch_as_is)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.epoch_sampler)
+        return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler)
 
     def _eval_loader(self, dataset: DigitBatches) -> DataLoader:
         # Under DDP, Lightning's default DistributedSampler pads the last rank with repeated
@@ -239,9 +243,9 @@ class SumDataModule(pl.LightningDataModule):
         # once instead (ranks may differ by one batch: safe without gradients).
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
-            return self._loader(dataset)
+            return self._loader(dataset, self.hparams.eval_batch_size)
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, self.hparams.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)
@@ -250,4 +254,4 @@ class SumDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set)
+        return self._loader(self.predict_set, self.hparams.eval_batch_size)

@@ -67,9 +67,15 @@ def test_loader_serves_whole_batches() -> None:
     assert sum(len(b[1]) for b in loader) == len(dm.epoch_sampler)
 
 
+def test_evaluation_loaders_use_their_own_batch_size() -> None:
+    dm = make(num_samples=10_000, batch_size=64, eval_batch_size=500)
+    assert [len(y) for _, y in dm.val_dataloader()] == [500, 500, 500, 500]  # 2,000 validation sequences
+    assert len(next(iter(dm.train_dataloader()))[1]) == 64
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
-    [({"val_fraction": 0.0}, "val_fraction"), ({"threshold": 271}, "threshold"), ({"batch_size": 0}, "batch_size"),
+    [({"val_fraction": 0.0}, "val_fraction"), ({"threshold": 271}, "threshold"), ({"batch_size": 0}, "batch_size"), ({"eval_batch_size": 0}, "eval_batch_size"),
      ({"num_samples": 1, "val_fraction": 0.2}, "empty split")],
 )
 def test_bad_arguments(kwargs: dict, named: str) -> None:

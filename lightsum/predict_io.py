@@ -24,21 +24,26 @@ def read_sequences(path: str | os.PathLike, seq_len: int) -> torch.Tensor:
         seq_len: digits every sequence must have.
 
     Raises:
-        ValueError: a missing or empty file, or the first bad line/row, named with what is wrong.
+        ValueError: a missing, unreadable or empty file, or the first bad line/row, named with what
+            is wrong.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"data.predict_path: file not found: {path}")
-    digits = _read_npy(path, seq_len) if path.suffix == ".npy" else _read_text(path, seq_len)
+    if not path.is_file():
+        raise ValueError(f"data.predict_path: {path} is not a file")
+    digits = _read_npy(path, seq_len) if path.suffix.lower() == ".npy" else _read_text(path, seq_len)
     if len(digits) == 0:
         raise ValueError(f"data.predict_path: {path} holds no sequences")
     return torch.from_numpy(digits)
 
 
 def _read_npy(path: Path, seq_len: int) -> np.ndarray:
+    if path.stat().st_size == 0:  # np.load would raise EOFError
+        raise ValueError(f"data.predict_path: {path} is empty (0 bytes), not a .npy array")
     try:
         array = np.load(path, allow_pickle=False)  # never unpickle a user's file
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, EOFError) as err:  # EOFError: a file cut short
         raise ValueError(f"data.predict_path: {path} is not a readable .npy array ({err})") from None
     if array.ndim != 2 or array.shape[1] != seq_len:
         raise ValueError(f"data.predict_path: {path} must hold an array of shape (N, {seq_len}), got {array.shape}")
@@ -56,6 +61,8 @@ def _read_text(path: Path, seq_len: int) -> np.ndarray:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM some editors write is not a digit
     except UnicodeDecodeError:
         raise ValueError(f"data.predict_path: {path} is not a text file (expected CSV or .npy)") from None
+    except OSError as err:  # e.g. no read permission
+        raise ValueError(f"data.predict_path: {path} cannot be read ({err.strerror or err})") from None
     while lines and not lines[-1].strip():
         lines.pop()  # trailing blank lines only; a blank line inside the file is an error
     joined = []

@@ -73,9 +73,27 @@ def test_bad_npy_files_name_the_row(array: np.ndarray, named: str, tmp_path: Pat
         read_sequences(tmp_path / "x.npy", 30)
 
 
+def test_npy_suffix_in_any_case(tmp_path: Path) -> None:
+    with open(tmp_path / "x.NPY", "wb") as f:  # np.save(path) would append ".npy"
+        np.save(f, DIGITS)
+    assert torch.equal(read_sequences(tmp_path / "x.NPY", 30), torch.as_tensor(DIGITS, dtype=torch.uint8))
+
+
+def test_empty_and_cut_short_npy_files(tmp_path: Path) -> None:
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"data.predict_path: {tmp_path / 'empty.npy'} is empty"):
+        read_sequences(tmp_path / "empty.npy", 30)
+    np.save(tmp_path / "whole.npy", DIGITS)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"{tmp_path / 'cut.npy'} is not a readable .npy array"):
+        read_sequences(tmp_path / "cut.npy", 30)
+
+
 def test_missing_binary_and_pickled_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file not found"):
         read_sequences(tmp_path / "nope.csv", 30)
+    with pytest.raises(ValueError, match=f"{tmp_path} is not a file"):
+        read_sequences(tmp_path, 30)
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(ValueError, match="not a text file"):
         read_sequences(tmp_path / "bin.csv", 30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,29 +55,64 @@ def find_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
-def read_run(path: Path) -> Run:
+def read_run(path: Path, name: str | None = None) -> Run:
     """Every scalar series of a run, its training seconds and its strategy.
 
-    Event files are read one by one: a resumed run adds a file, and merging them in one reader
-    would make steps go backwards and be purged. Seconds add up each file's span, from the file's
-    creation to its last scalar, so a pause between a stop and a resume does not count.
+    A resumed or requeued run adds an event file to its folder, and re-logs the steps after the
+    checkpoint it resumed from. The files are read one by one, oldest first (by the creation time
+    in their names, then their first event's time, then the writer's counter), and each file
+    replaces, tag by tag, every point the older files logged from its own first step of that tag
+    on: the re-logged steps count once, with the values of the attempt that continued, and a tail
+    an abandoned attempt logged past them is dropped. Seconds add up each file's span, from the
+    file's creation to its last scalar, so a pause between a stop and a resume does not count.
+
+    Args:
+        path: the run folder.
+        name: the run's name in the table and figure; default ``<parent>/<folder>``.
     """
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[str, dict[int, float]] = {}
     seconds = 0.0
-    for events in sorted(path.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
-        acc.Reload()
+    for acc in _event_files_oldest_first(path):
         last = None
         for tag in acc.Tags()["scalars"]:
             points = acc.Scalars(tag)
-            series.setdefault(tag, []).extend((e.step, e.value) for e in points)
+            if not points:
+                continue
+            first = min(e.step for e in points)
+            kept = {step: value for step, value in series.get(tag, {}).items() if step < first}
+            kept.update((e.step, e.value) for e in points)  # in file order: a step's last value wins
+            series[tag] = kept
             last = max([last or 0.0, *(e.wall_time for e in points)])
         if last is not None:
             seconds += last - acc.FirstEventTimestamp()
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    name = f"{path.parent.name}/{path.name}"
-    return Run(path, name, strategy_of(config or {}), {t: sorted(p) for t, p in series.items()}, seconds)
+    name = name or f"{path.parent.name}/{path.name}"
+    return Run(path, name, strategy_of(config or {}), {t: sorted(p.items()) for t, p in series.items()}, seconds)
+
+
+# events.out.tfevents.<creation time>.<host>.<pid>.<counter>[suffix]; the host may hold dots.
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.(.+)\.(\d+)\.(\d+)")
+
+
+def _event_files_oldest_first(path: Path) -> list[EventAccumulator]:
+    """The loaded event files of a run folder, in the order they were created.
+
+    Sorting the names as text would put ``...123.10`` (a process's 11th writer) before
+    ``...123.9``, and a requeued job on another host before its first attempt.
+    """
+    loaded = []
+    for events in path.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+        acc.Reload()
+        try:
+            first = acc.FirstEventTimestamp()
+        except ValueError:
+            continue  # no event at all (a writer killed before its first flush): nothing to read
+        match = _EVENT_FILE.match(events.name)
+        created, counter = (int(match[1]), int(match[4])) if match else (int(first), 0)
+        loaded.append(((created, first, counter, events.name), acc))
+    return [acc for _, acc in sorted(loaded, key=lambda item: item[0])]
 
 
 def strategy_of(config: dict) -> str:

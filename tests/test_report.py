@@ -20,6 +20,7 @@ from tensorboard.util.tensor_util import make_ndarray
 from conftest import REPO, scalars, tiny
 from lightsum.callbacks import ConfusionMatrixPicture, confusion_matrix_markdown
 from lightsum.main import main
+from lightsum.report import read_run
 
 EPOCHS = 3
 
@@ -99,6 +100,46 @@ def test_report_compares_every_run_under_a_folder(run_dir: Path, tmp_path: Path)
         ["| undersample/version_0", "undersample 1.0, threshold tuned"],
     ]
     assert not list(tmp_path.glob("*.png"))
+
+
+def log_attempt(run_dir: Path, epochs: dict[int, tuple[float, float]], name: str) -> None:
+    """One attempt of a run, as Lightning logs it: per validated epoch, val/recall_0, val/recall_1,
+    val/min_recall and epoch at the step the epoch ended; the event file renamed to ``name``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    before = set(run_dir.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(run_dir)
+    for epoch, (recall_0, recall_1) in epochs.items():
+        step = 10 * epoch + 9
+        for tag, value in (("val/recall_0", recall_0), ("val/recall_1", recall_1),
+                           ("val/min_recall", min(recall_0, recall_1)), ("epoch", epoch)):
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    (new,) = set(run_dir.glob("events.out.tfevents.*")) - before
+    new.rename(run_dir / name)
+
+
+def test_report_counts_a_resumed_runs_relogged_epochs_once(tmp_path: Path) -> None:
+    # A job requeued after epoch 3 resumes from the checkpoint of epoch 1: it logs epochs 2 and 3
+    # again, with other values, into a second event file of the same run folder. Both files are
+    # named in the same second; as text, the second attempt's counter 10 sorts before 9.
+    requeued = tmp_path / "default" / "version_0"
+    requeued.mkdir(parents=True)
+    log_attempt(requeued, {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.9), 3: (0.99, 0.995)},
+                "events.out.tfevents.1700000000.node-1.4242.9")
+    log_attempt(requeued, {2: (0.8, 0.85), 3: (0.9, 0.91), 4: (0.95, 0.96), 5: (0.93, 0.97)},
+                "events.out.tfevents.1700000000.node-1.4242.10")
+    run = read_run(requeued)
+    assert [e for e, _ in run.by_epoch("val/min_recall")] == [0, 1, 2, 3, 4, 5]
+    assert run.best == pytest.approx({"recall_0": 0.95, "recall_1": 0.96, "min_recall": 0.95, "epoch": 4, "epochs": 6})
+    # A second attempt that stopped before the first one's last epoch: that epoch is not the run's.
+    abandoned = tmp_path / "default" / "version_1"
+    abandoned.mkdir()
+    log_attempt(abandoned, {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.9), 3: (0.99, 0.995)},
+                "events.out.tfevents.1700000000.node-1.4242.0")
+    log_attempt(abandoned, {2: (0.8, 0.85)}, "events.out.tfevents.1700000100.node-2.77.0")
+    run = read_run(abandoned)
+    assert run.best == pytest.approx({"recall_0": 0.8, "recall_1": 0.85, "min_recall": 0.8, "epoch": 2, "epochs": 3})
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

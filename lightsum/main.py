@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -48,6 +49,8 @@ class SumCLI(LightningCLI):
         # The model must read sequences the way the data module serves them.
         parser.link_arguments("data.seq_len", "model.seq_len")
         parser.link_arguments("data.layout", "model.layout")
+        # The loader groups the batches the model then steps through.
+        parser.link_arguments("data.steps_per_execution", "model.steps_per_execution")
         # Best checkpoint by the headline metric; a separate every-epoch last.ckpt for resuming
         # (a monitored ModelCheckpoint only refreshes last.ckpt when the monitor improves).
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
@@ -84,6 +87,13 @@ class SumCLI(LightningCLI):
             config.trainer.callbacks = [
                 c for c in config.trainer.callbacks if not str(c.get("class_path", "")).endswith("ProgressBar")
             ]
+        steps = config.data.get("steps_per_execution", 1)
+        if steps > 1 and (config.trainer.get("gradient_clip_val") or (config.trainer.get("accumulate_grad_batches") or 1) > 1):
+            raise ValueError(
+                f"data.steps_per_execution={steps} steps the optimizer by hand, where Lightning neither clips "
+                "nor accumulates gradients: use --data.steps_per_execution 1 with trainer.gradient_clip_val "
+                "or trainer.accumulate_grad_batches"
+            )
         job_id = slurm_job_id()
         if self.subcommand == "fit" and job_id is not None:
             stable_slurm_run(config, job_id)
@@ -164,7 +174,8 @@ def main(args: list[str] | None = None) -> SumCLI | None:
             report_main(argv[1:])
             return None
         return build_cli(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MisconfigurationException) as err:
+        # MisconfigurationException: Lightning's own check of a trainer setting combination.
         if os.environ.get("LIGHTSUM_DEBUG"):
             raise
         print(f"lightsum: error: {err}", file=sys.stderr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -22,6 +22,9 @@ _FLUSH_EVERY = 50  # steps of train/loss and training-recall inputs buffered on 
 # Epoch-level values here are global already (torchmetrics syncs on compute, CatMetric gathers),
 # so Lightning's advice to add sync_dist=True would only average identical numbers again.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
+# With steps_per_execution > 1 lightsum steps the schedulers itself and reads a plateau scheduler's
+# monitor from LightningCLI's ReduceLROnPlateau, so Lightning's "monitor key ignored" is moot.
+warnings.filterwarnings("ignore", message=r"The lr scheduler dict contains the key\(s\) \['monitor'\]")
 
 
 _FLOAT16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16, 6.1e-05
@@ -55,6 +58,13 @@ class SumClassifier(pl.LightningModule):
         decision_threshold: predict 1 when the probability is >= this; ``tuned`` chooses it on
             the validation set after each validation epoch to maximise balanced accuracy (each
             checkpoint carries the threshold tuned for its weights).
+        steps_per_execution: optimizer steps per item of the training loader (linked from
+            ``data.steps_per_execution`` by the CLI, which groups that many batches per item).
+            Above 1 the steps run in one ``training_step`` with manual optimization, so
+            Lightning's per-batch work (about 0.7 ms on a CPU) is paid once per group: the
+            weights, ``train/loss`` points and logged steps are those of 1, while the progress
+            bar, ``limit_train_batches`` and mid-epoch checkpoints count groups. Trainer-driven
+            gradient clipping and accumulation need 1.
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class SumClassifier(pl.LightningModule):
         normalize_inputs: bool = True,
         pos_weight: float | Literal["balanced"] | None = None,
         decision_threshold: float | Literal["tuned"] = 0.5,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -80,6 +91,10 @@ class SumClassifier(pl.LightningModule):
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         if isinstance(pos_weight, (int, float)) and pos_weight <= 0:
             raise ValueError(f"model.pos_weight must be positive, got {pos_weight}")
+        if steps_per_execution < 1:
+            raise ValueError(f"model.steps_per_execution (data.steps_per_execution in the CLI) must be a positive integer, got {steps_per_execution}")
+        # Several steps per loader item are taken by hand (see training_step).
+        self.automatic_optimization = steps_per_execution == 1
         if isinstance(decision_threshold, (int, float)) and not 0.0 < decision_threshold < 1.0:
             raise ValueError(f"model.decision_threshold must be in (0, 1) or 'tuned', got {decision_threshold}")
         self.net = SumNet(
@@ -156,8 +171,55 @@ class SumClassifier(pl.LightningModule):
                         f"to 0 and the weights become NaN; use 16-mixed or bf16-mixed, or an eps >= 1e-4"
                     )
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        digits, target = batch
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            return self._step_loss(*batch)
+        # A group of batches (data.steps_per_execution): each one is a full optimizer step, as
+        # Lightning's automatic loop would take it (zero_grad, backward, step; schedulers below).
+        optimizer = self.optimizers()
+        max_steps = self.trainer.max_steps
+        for digits, target in batch:
+            if 0 <= max_steps <= self.global_step:
+                break
+            loss = self._step_loss(digits, target)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self._step_schedulers("step")
+        # Lightning logs (and counts log_every_n_steps) by loader items; set the count so that, after
+        # its +1 for this item, every logged step is an optimizer step as with one batch per item.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step - 1
+        return None
+
+    def _step_schedulers(self, interval: str, plateau: bool = False) -> None:
+        """What Lightning's automatic loop does for the schedulers, for the manual path."""
+        for config in self.trainer.lr_scheduler_configs:
+            is_plateau = isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            if config.interval != interval or is_plateau != plateau:
+                continue
+            index = self._epoch_steps if interval == "step" else self.current_epoch + 1
+            if index % config.frequency:
+                continue
+            monitored = None
+            if plateau:
+                # Lightning drops a scheduler dict's "monitor" under manual optimization; LightningCLI's
+                # ReduceLROnPlateau (the CLI's lr_scheduler) carries it on the scheduler itself.
+                key = getattr(config.scheduler, "monitor", None)
+                if key is None or key not in self.trainer.callback_metrics:
+                    raise ValueError(
+                        f"ReduceLROnPlateau with steps_per_execution > 1 needs a logged metric to monitor, got "
+                        f"{key!r}: set it with lr_scheduler.init_args.monitor (e.g. val/min_recall)"
+                    )
+                monitored = self.trainer.callback_metrics[key]
+            self.lr_scheduler_step(config.scheduler, monitored)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning steps epoch schedulers right after the epoch's last batch, before validation
+        # (so the checkpoint written at validation end holds the stepped scheduler).
+        if not self.automatic_optimization and batch_idx + 1 == self.trainer.num_training_batches:
+            self._step_schedulers("epoch")
+
+    def _step_loss(self, digits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = self(digits)
         target = target.to(logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
@@ -198,6 +260,8 @@ class SumClassifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._flush_steps()
+        if not self.automatic_optimization and not self.trainer.fit_loop.restarting:
+            self._step_schedulers("epoch", plateau=True)  # after validation, as Lightning does
         values = self.train_recall.compute()
         values["min_recall"] = torch.minimum(values["recall_0"], values["recall_1"])
         self.log_dict({f"train/{k}": v for k, v in values.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,9 @@ class Run:
 
 
 def find_runs(paths: list[str]) -> list[Path]:
-    """Run folders (holding event files) named by, or found under, each path."""
+    """Run folders (holding event files) named by, or found under, each path; each folder once."""
     runs: list[Path] = []
+    seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
@@ -51,8 +53,40 @@ def find_runs(paths: list[str]) -> list[Path]:
         found = sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
         if not found:
             raise ValueError(f"report: no TensorBoard event files under {path}")
-        runs.extend(p for p in found if p not in runs)
+        for run in found:
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                runs.append(run)
     return runs
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """A unique, readable name per run folder: the last two parts of its absolute path
+    (``default/version_0``), or as many more as it takes to tell it from every other folder given
+    (``a/logs/default/version_0`` and ``b/logs/default/version_0``)."""
+    parts = [p.resolve().parts[1:] or (p.resolve().anchor,) for p in paths]
+    names = []
+    for i, mine in enumerate(parts):
+        k = min(2, len(mine))
+        while k < len(mine) and any(other[-k:] == mine[-k:] for j, other in enumerate(parts) if j != i):
+            k += 1
+        names.append("/".join(mine[-k:]))
+    return names
+
+
+def figure_files(names: list[str]) -> list[str]:
+    """A PNG file name per run name, unique even where two names differ only in characters a file
+    name cannot hold or in case (``default/version_0`` -> ``default_version_0.png``)."""
+    files, taken = [], set()
+    for name in names:
+        stem = re.sub(r"[^\w.-]+", "_", name).strip("._") or "run"
+        candidate, n = stem, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}-{n}"
+        taken.add(candidate.lower())
+        files.append(f"{candidate}.png")
+    return files
 
 
 def read_run(path: Path, name: str | None = None) -> Run:
@@ -177,7 +211,11 @@ def plot(run: Run, out: Path) -> None:
 
 
 def report_main(argv: list[str]) -> None:
-    """Parse ``report`` arguments, write the figures and the table, print the table."""
+    """Parse ``report`` arguments, write the figures and the table, print the table.
+
+    Run folders without ``val/min_recall`` (from ``test`` or ``predict``, or a fit stopped before
+    its first validation) are skipped with a note on stderr.
+    """
     parser = argparse.ArgumentParser(
         prog="lightsum report",
         description="Figures and a comparison table of lightsum runs, read from their TensorBoard event files.",
@@ -185,7 +223,8 @@ def report_main(argv: list[str]) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run folders (lightning_logs/<name>/version_<n>) or folders holding them")
     parser.add_argument("--out", default="lightning_logs/report",
-                        help="output folder for <name>_<version>.png and report.md (default: %(default)s)")
+                        help="output folder for report.md and one PNG per run, named after the run "
+                             "(default/version_0 -> default_version_0.png) (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="write only the table (no matplotlib needed)")
     args = parser.parse_args(argv)
     if not args.no_plots:
@@ -194,12 +233,28 @@ def report_main(argv: list[str]) -> None:
         except ImportError:
             raise ValueError("report draws figures with matplotlib, which is not installed: "
                              "pip install 'lightsum[report]' (or pass --no-plots for the table only)") from None
-    runs = [read_run(p) for p in find_runs(args.runs)]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report: --out {out} is a file, not a folder")
+    runs = []
+    for path in find_runs(args.runs):
+        run = read_run(path)
+        if "val/min_recall" in run.series:
+            runs.append(run)
+        else:
+            print(f"lightsum: note: report skips {path}: no val/min_recall in its event files "
+                  "(a test or predict run, or a fit stopped before its first validation)", file=sys.stderr)
+    if not runs:
+        raise ValueError(f"report: no run with val/min_recall in {', '.join(args.runs)}")
+    for run, name in zip(runs, run_names([run.path for run in runs])):
+        run.name = name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"report: cannot create --out {out} ({err.strerror or err})") from None
     if not args.no_plots:
-        for run in runs:
-            plot(run, out / f"{run.name.replace('/', '_')}.png")
+        for run, file in zip(runs, figure_files([run.name for run in runs])):
+            plot(run, out / file)
     text = table(runs)
     note = ("Validation metrics at the epoch with the best val/min_recall (the best checkpoint); "
             "seconds: wall time from each event file's creation to its last scalar.")

@@ -142,6 +142,57 @@ def test_report_counts_a_resumed_runs_relogged_epochs_once(tmp_path: Path) -> No
     assert run.best == pytest.approx({"recall_0": 0.8, "recall_1": 0.85, "min_recall": 0.8, "epoch": 2, "epochs": 3})
 
 
+def fake_fit(run_dir: Path, min_recall: float = 0.9) -> Path:
+    run_dir.mkdir(parents=True)
+    log_attempt(run_dir, {0: (min_recall, 0.99)}, "events.out.tfevents.1700000000.node.1.0")
+    return run_dir
+
+
+def table_rows(report_md: Path) -> list[list[str]]:
+    lines = report_md.read_text().split("\n\n")[0].splitlines()[2:]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_report_names_are_unique_and_so_are_the_figure_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two roots that both hold default/version_0: before, one figure overwrote the other.
+    first = fake_fit(tmp_path / "a" / "logs" / "default" / "version_0", 0.5)
+    second = fake_fit(tmp_path / "b" / "logs" / "default" / "version_0", 0.7)
+    fake_fit(tmp_path / "b" / "logs" / "seed" / "version_0", 0.6)
+    main(["report", str(first), str(tmp_path / "b"), "--out", str(tmp_path / "out")])
+    assert [row[:5:4] for row in table_rows(tmp_path / "out" / "report.md")] == [
+        ["a/logs/default/version_0", "0.5000"], ["b/logs/default/version_0", "0.7000"], ["seed/version_0", "0.6000"],
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "a_logs_default_version_0.png", "b_logs_default_version_0.png", "seed_version_0.png",
+    ]
+    # Inside a run folder, "." is named after the folder (before: "/"), and a folder given twice counts once.
+    monkeypatch.chdir(second)
+    main(["report", ".", str(second), "--out", str(tmp_path / "here"), "--no-plots"])
+    assert [row[0] for row in table_rows(tmp_path / "here" / "report.md")] == ["default/version_0"]
+
+
+def test_report_skips_folders_without_validation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    fake_fit(tmp_path / "logs" / "default" / "version_0")
+    predicted = tmp_path / "logs" / "default" / "version_1"  # what `predict` leaves: an event file, no scalars
+    SummaryWriter(predicted).close()
+    tested = tmp_path / "logs" / "default" / "version_2"
+    with SummaryWriter(tested) as writer:
+        writer.add_scalar("test/min_recall", 0.9, 0)
+    main(["report", str(tmp_path / "logs"), "--out", str(tmp_path / "out")])
+    assert [row[0] for row in table_rows(tmp_path / "out" / "report.md")] == ["default/version_0"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["default_version_0.png"]
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert [n.split(": no val/min_recall")[0] for n in notes] == [
+        f"lightsum: note: report skips {predicted}", f"lightsum: note: report skips {tested}",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tested), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: report: no run with val/min_recall in {tested}"
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # -S with an env: only the PYTHONPATH given there, not the installed site-packages.
     flags = ["-S"] if env else []

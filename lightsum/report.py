@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -210,13 +211,23 @@ def plot(run: Run, out: Path) -> None:
     fig.savefig(out)
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported on one line like the other commands (no usage block)."""
+
+    def error(self, message: str) -> None:
+        if os.environ.get("LIGHTSUM_DEBUG"):
+            super().error(message)
+        sys.stderr.write(f"lightsum: error: report: {message} (see lightsum report --help)\n")
+        self.exit(2)
+
+
 def report_main(argv: list[str]) -> None:
     """Parse ``report`` arguments, write the figures and the table, print the table.
 
     Run folders without ``val/min_recall`` (from ``test`` or ``predict``, or a fit stopped before
     its first validation) are skipped with a note on stderr.
     """
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="lightsum report",
         description="Figures and a comparison table of lightsum runs, read from their TensorBoard event files.",
     )

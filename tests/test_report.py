@@ -193,6 +193,15 @@ def test_report_skips_folders_without_validation(tmp_path: Path, capsys: pytest.
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: report: no run with val/min_recall in {tested}"
 
 
+@pytest.mark.parametrize(("args", "named"), [([], "the following arguments are required: RUN_DIR"),
+                                             (["x", "--bogus"], "unrecognized arguments: --bogus")])
+def test_report_argument_errors_are_one_line(args: list[str], named: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"lightsum: error: report: {named} (see lightsum report --help)\n"
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # -S with an env: only the PYTHONPATH given there, not the installed site-packages.
     flags = ["-S"] if env else []

@@ -41,6 +41,19 @@ def test_two_process_ddp_reports_the_single_process_metrics(run_root: Path) -> N
         assert two[tag] == pytest.approx(one[tag], abs=1e-6), tag
 
 
+def test_two_process_ddp_with_grouped_steps_trains_the_same_weights(run_root: Path) -> None:
+    """Lightning re-creates the loader with its distributed sampler; the groups must split back into
+    the very batches each rank gets with one batch per step."""
+    ddp = [*tiny(run_root), "--trainer.accelerator=cpu", "--config", str(REPO / "configs" / "ddp.yaml")]
+    run("fit", *ddp)
+    run("fit", *ddp, "--data.steps_per_execution=3")
+    one, three = (torch.load(run_root / "default" / f"version_{v}" / "checkpoints" / "last.ckpt", weights_only=True)
+                  for v in (0, 1))
+    assert one["global_step"] == three["global_step"] > 0
+    for name, value in one["state_dict"].items():
+        assert torch.equal(value, three["state_dict"][name]), name
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

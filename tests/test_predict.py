@@ -163,16 +163,26 @@ def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path
 
 
 class FailingModel(SumClassifier):
+    """Fails at its third batch, after the writer has written two; notes the writer's partial files then."""
+
     def predict_step(self, batch, batch_idx):
         if batch_idx == 2:
+            self.partials_at_failure = sorted(p.name for p in self.folder.glob(".*partial*"))
             raise RuntimeError("boom")
         return super().predict_step(batch, batch_idx)
 
 
-def test_a_failure_mid_predict_leaves_no_partial_output(tmp_path: Path) -> None:
+def test_a_failure_mid_predict_leaves_earlier_output_intact_and_no_partial_file(tmp_path: Path) -> None:
     np.save(source := tmp_path / "mine.npy", DIGITS)
-    data = SumDataModule(batch_size=50, predict_path=str(source))
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV()])
+    out = tmp_path / "mine.predictions.csv"
+    out.write_bytes(earlier := b"row,probability,label\r\n0,0.25,0\r\n")  # an earlier run's output
+    data = SumDataModule(batch_size=50, eval_batch_size=50, predict_path=str(source))
+    writer = PredictionCSV()
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[writer])
+    model = FailingModel(hidden_size=8)
+    model.folder = tmp_path
     with pytest.raises(RuntimeError, match="boom"):
-        trainer.predict(FailingModel(hidden_size=8), datamodule=data)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy"]
+        trainer.predict(model, datamodule=data)
+    assert out.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy", "mine.predictions.csv"]
+    assert writer._rows == 100 and len(model.partials_at_failure) == 1  # the writer had started

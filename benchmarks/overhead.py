@@ -3,8 +3,9 @@
 Both sides train the same SumNet with the same Adam on the same batches (the data module's
 tensors and sampler) and run the same validation forward passes each epoch. The lightsum side is
 ``SumCLI`` built from ``configs/seed.yaml`` (so per-step ``train/loss`` to TensorBoard, both
-checkpoints every epoch, the progress bar and per-class metrics, as users get them); the plain
-loop has none of that. They alternate, several repeats, and medians are reported.
+checkpoints every epoch, the progress bar, per-class metrics and the TensorBoard figures, as users
+get them, with the config's ``data.steps_per_execution``); the plain loop has none of that. The
+last two columns time the data path alone: lightsum's training loader against plain indexing. They alternate, several repeats, and medians are reported.
 
     python benchmarks/overhead.py [--epochs 3] [--repeats 3]
     python benchmarks/overhead.py --accelerator gpu --num-samples 50000   # GPU (benchmarks/gpu_check.sh)
@@ -102,6 +103,34 @@ def plain_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[floa
     return (time.perf_counter() - start) / epochs, len(dm.epoch_sampler)
 
 
+def data_path_us(layout: str, batch_size: int, epochs: int) -> tuple[float, float]:
+    """Microseconds per training batch of the data path alone: lightsum's loader vs plain indexing."""
+    with tempfile.TemporaryDirectory() as root:
+        cli = build(layout, batch_size, epochs, root)
+    dm = cli.datamodule
+    dm.trainer = cli.trainer  # placement follows the trainer's device, as in a fit
+    dm.setup("fit")
+    train = dm.train_set
+    timings = {}
+    for side in ("lightsum", "plain"):
+        batches = 0
+        synchronize()
+        start = time.perf_counter()
+        for epoch in range(epochs):
+            dm.epoch_sampler.set_epoch(epoch)
+            if side == "lightsum":
+                for item in dm.train_dataloader():
+                    batches += len(item) if isinstance(item, list) else 1  # a group of steps or one batch
+            else:
+                order = torch.tensor(list(dm.epoch_sampler), device=train.digits.device)
+                for batch in order.split(batch_size):
+                    train.digits[batch], train.labels[batch]
+                    batches += 1
+        synchronize()
+        timings[side] = (time.perf_counter() - start) / batches * 1e6
+    return timings["lightsum"], timings["plain"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -115,7 +144,8 @@ def main() -> None:
         OPTIONS.append(f"--data.num_samples={opts.num_samples}")
     device = torch.cuda.get_device_name() if opts.accelerator == "gpu" else f"CPU, torch threads {torch.get_num_threads()}"
     print(f"seed config {' '.join(OPTIONS)}, {opts.epochs} epochs per timing, median of {opts.repeats}, {device}")
-    print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} {'lightsum s/epoch':>17s}")
+    print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} "
+          f"{'lightsum s/epoch':>17s} {'data us/batch lightsum':>23s} {'plain':>6s}")
     for case in opts.cases:
         layout, batch = case.split(":")
         plain, light = [], []
@@ -125,7 +155,9 @@ def main() -> None:
             seconds, n = lightning_epoch_seconds(layout, int(batch), opts.epochs)
             light.append(n / seconds)
         p, q = statistics.median(plain), statistics.median(light)
-        print(f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {q / p:6.3f} {n / q:17.3f}", flush=True)
+        data_light, data_plain = data_path_us(layout, int(batch), opts.epochs)
+        print(f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {q / p:6.3f} {n / q:17.3f} {data_light:23.1f} {data_plain:6.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # lightsum's GPU check (issue #4), one script for a lent GPU machine: about 4 minutes on one GPU.
 # Needs a CUDA build of torch and lightsum installed (`pip install -e .[dev]` after torch).
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # logs and the fit's run folder go to OUT_DIR
-# Prints: the GPU; the CUDA-only tests; samples/s of lightsum vs a plain loop at batch 50 / 1024 /
+# Prints: the GPU; the CUDA-only tests; the hard_sigmoid cell's step time against cuDNN's LSTM; samples/s of lightsum vs a plain loop at batch 50 / 1024 /
 # 8192 in both layouts (data on the device); host syncs per training step; a 1-GPU fit of
 # configs/default.yaml with its wall time and test figures.
 set -euo pipefail
@@ -20,6 +20,8 @@ python -m pytest -q -rs tests/test_data.py tests/test_synthesis.py -k "device or
 echo "== throughput: lightsum (seed config, flat = the original model) vs plain loop, 40k training sequences"
 timeout 150 python benchmarks/overhead.py --accelerator gpu --num-samples 50000 --epochs 2 --repeats 1 \
     --cases flat:50 sequence:50 flat:1024 sequence:1024 flat:8192 sequence:8192 2>/dev/null | grep -v "it/s" || echo "(throughput run stopped at 150 s)"
+echo "== hard_sigmoid cell vs fused nn.LSTM (cuDNN), one training step"
+timeout 60 python benchmarks/cell_speed.py --device cuda --rounds 3 2>/dev/null || echo "(cell speed failed or timed out)"
 echo "== host syncs per training step (default config, 1 epoch)"
 timeout 60 python benchmarks/step_syncs.py 2>/dev/null || echo "(sync count failed or timed out)"
 echo "== 1-GPU fit of configs/default.yaml, then test of its best checkpoint"

@@ -17,7 +17,7 @@ from lightsum.callbacks import EvaluationFigures, HparamsSession
 from lightsum.checkpointing import RandomStates
 from lightsum.data import SumDataModule
 from lightsum.model import SumClassifier
-from lightsum.predict_io import PredictionCSV
+from lightsum.predict_io import PredictionCSV, check_sequences, check_target, prediction_target
 from lightsum.run_folders import resume_in_latest_version, slurm_job_id, stable_slurm_run
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -94,6 +94,8 @@ class SumCLI(LightningCLI):
                 "nor accumulates gradients: use --data.steps_per_execution 1 with trainer.gradient_clip_val "
                 "or trainer.accumulate_grad_batches"
             )
+        if self.subcommand == "predict":
+            check_predict_files(config)
         job_id = slurm_job_id()
         if self.subcommand == "fit" and job_id is not None:
             stable_slurm_run(config, job_id)
@@ -135,6 +137,18 @@ def check_data_fits_checkpoint(path: str, data: Any) -> None:
                 f"the checkpoint's model reads {key}={hparams[key]!r} but data.{key} is {data[key]!r}: "
                 f"use --data.{key} {hparams[key]} with {path}"
             )
+
+
+def check_predict_files(config: Any) -> None:
+    """Refuse a bad output path or input file of ``predict`` before the trainer is built: the
+    trainer's logger creates a run folder as soon as predicting starts. The input is read and
+    checked in full once; the data module then takes the sequences read here."""
+    source = config.data.get("predict_path")
+    target = prediction_target(config.predictions.get("path"), source)
+    if target is not None:
+        check_target(target, source)
+    if source:
+        check_sequences(source, config.data.seq_len)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:

@@ -28,6 +28,43 @@ def read_sequences(path: str | os.PathLike, seq_len: int) -> torch.Tensor:
             is wrong.
     """
     path = Path(path)
+    identity = _identity(path, seq_len)
+    checked = _checked.pop(identity, None) if identity is not None else None
+    return checked if checked is not None else _load(path, seq_len)
+
+
+def check_sequences(path: str | os.PathLike, seq_len: int) -> None:
+    """Read and check a user's file now, as :func:`read_sequences` does.
+
+    The CLI calls this before it builds the trainer, so a bad file is refused before a run folder
+    exists. The sequences wait for the next :func:`read_sequences` of the same, unchanged file,
+    which takes them instead of reading the file a second time.
+
+    Raises:
+        ValueError: as :func:`read_sequences`.
+    """
+    path = Path(path)
+    digits = _load(path, seq_len)
+    _checked.clear()
+    identity = _identity(path, seq_len)
+    if identity is not None:
+        _checked[identity] = digits
+
+
+# The file check_sequences read last, until read_sequences takes it: identity -> sequences.
+_checked: dict[tuple, torch.Tensor] = {}
+
+
+def _identity(path: Path, seq_len: int) -> tuple | None:
+    """The file and its state: changes when the file does; None when it cannot be examined."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), seq_len, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _load(path: Path, seq_len: int) -> torch.Tensor:
     if not path.exists():
         raise ValueError(f"data.predict_path: file not found: {path}")
     if not path.is_file():
@@ -79,6 +116,32 @@ def _read_text(path: Path, seq_len: int) -> np.ndarray:
     return flat.reshape(len(joined), seq_len)
 
 
+def prediction_target(path: str | os.PathLike | None, source: str | os.PathLike | None) -> Path | None:
+    """Where ``predict`` writes: ``path`` when given, else ``<input>.predictions.csv`` beside the
+    input file ``source``; None for the generated test set (the run folder's ``predictions.csv``)."""
+    if path is not None:
+        return Path(path)
+    return Path(source).with_suffix(".predictions.csv") if source else None
+
+
+def check_target(target: Path, source: str | os.PathLike | None) -> None:
+    """Refuse, before anything is predicted, an output the CSV cannot be renamed to.
+
+    Raises:
+        ValueError: ``target`` is a folder or the input file, or its folder cannot be made or written.
+    """
+    if target.is_dir():
+        raise ValueError(f"predictions.path: {target} is a folder; name a file, e.g. {target / 'predictions.csv'}")
+    if source and target.resolve() == Path(source).resolve():
+        raise ValueError(f"predictions.path would overwrite the input file {source}")
+    folder = target.absolute().parent
+    existing = next(f for f in (folder, *folder.parents) if f.exists())
+    if not existing.is_dir():
+        raise ValueError(f"predictions.path: cannot write {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"predictions.path: cannot write {target}: no write permission in {existing}")
+
+
 class PredictionCSV(BasePredictionWriter):
     """Writes ``predict`` results to a CSV file: ``row,probability,label`` (row: 0-based input position).
 
@@ -99,20 +162,14 @@ class PredictionCSV(BasePredictionWriter):
         self._rows = 0
 
     def output_path(self, trainer: pl.Trainer) -> Path:
-        if self.path is not None:
-            return Path(self.path)
         source = getattr(trainer.datamodule, "hparams", {}).get("predict_path")
-        if source:
-            return Path(source).with_suffix(".predictions.csv")
-        return Path(trainer.log_dir or ".") / "predictions.csv"
+        return prediction_target(self.path, source) or Path(trainer.log_dir or ".") / "predictions.csv"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
             raise ValueError("predict writes one CSV from one process: run it with --trainer.devices 1")
         self._target = self.output_path(trainer)
-        source = getattr(trainer.datamodule, "hparams", {}).get("predict_path")
-        if source and self._target.resolve() == Path(source).resolve():
-            raise ValueError(f"predictions.path would overwrite the input file {source}")
+        check_target(self._target, getattr(trainer.datamodule, "hparams", {}).get("predict_path"))
         self._target.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self._target.with_name(f".{self._target.name}.partial-{os.getpid()}")
         self._file = self._partial.open("w")

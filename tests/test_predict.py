@@ -141,7 +141,7 @@ def test_predict_npy_to_a_chosen_path_and_the_test_set(checkpoint: Path, tmp_pat
     assert len(read_predictions(next((tmp_path / "logs").rglob("predictions.csv")))) == 500
 
 
-def test_bad_input_leaves_earlier_output_intact(checkpoint: Path, tmp_path: Path) -> None:
+def test_bad_input_is_refused_before_anything_is_written(checkpoint: Path, tmp_path: Path) -> None:
     source = tmp_path / "mine.csv"
     source.write_text("0" * 30 + "\n" + "7" * 31 + "\n")
     out = tmp_path / "mine.predictions.csv"
@@ -152,6 +152,52 @@ def test_bad_input_leaves_earlier_output_intact(checkpoint: Path, tmp_path: Path
         f"lightsum: error: data.predict_path: {source}, line 2: expected 30 digits, got 31: '{'7' * 31}'"
     )
     assert out.read_text() == "earlier results\n"
+    assert not (tmp_path / "logs").exists()  # no run folder either
+
+
+def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    """Arguments of a ``predict`` with one bad input file or output path, and the error it must give."""
+    source = write_csv(tmp_path / "mine.csv", DIGITS)
+    if case == "empty npy":
+        (empty := tmp_path / "mine.npy").write_bytes(b"")
+        return [f"--data.predict_path={empty}"], f"data.predict_path: {empty} is empty (0 bytes), not a .npy array"
+    if case == "output is a folder":
+        (tmp_path / "out").mkdir()
+        return ([f"--data.predict_path={source}", f"--predictions.path={tmp_path / 'out'}"],
+                f"predictions.path: {tmp_path / 'out'} is a folder; name a file, e.g. {tmp_path / 'out' / 'predictions.csv'}")
+    if case == "default output is a folder":
+        (tmp_path / "mine.predictions.csv").mkdir()
+        return ([f"--data.predict_path={source}"],
+                f"predictions.path: {tmp_path / 'mine.predictions.csv'} is a folder; name a file, "
+                f"e.g. {tmp_path / 'mine.predictions.csv' / 'predictions.csv'}")
+    if case == "output inside a file":
+        return ([f"--data.predict_path={source}", f"--predictions.path={source}/out.csv"],
+                f"predictions.path: cannot write {source}/out.csv: {source} is a file, not a folder")
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["empty npy", "output is a folder", "default output is a folder", "output inside a file"])
+def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    args, expected = bad_input(tmp_path, case)
+    with pytest.raises(SystemExit) as exit_info:  # any other exception would be a traceback
+        main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: {expected}"
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_input_is_read_once(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CLI checks the whole file before building the trainer; the data module reuses what it read.
+    from lightsum import predict_io
+
+    reads = []
+    monkeypatch.setattr(predict_io, "_load", lambda path, seq_len, load=predict_io._load: reads.append(path) or load(path, seq_len))
+    source = write_csv(tmp_path / "mine.csv", DIGITS)
+    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}"])
+    assert reads == [source]
+    assert len(read_predictions(tmp_path / "mine.predictions.csv")) == len(DIGITS)
+    assert predict_io._checked == {}
 
 
 def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_every_config_fits_and_logs(config: Path, run_root: Path) -> None:
     run_dir = Path(cli.trainer.log_dir)
     series = scalars(run_dir)
     steps = cli.trainer.global_step
-    assert steps == 2 * cli.trainer.num_training_batches
+    # One optimizer step per batch of data.batch_size (a loader item holds data.steps_per_execution of them).
+    assert steps == 2 * math.ceil(len(cli.datamodule.epoch_sampler) / cli.datamodule.hparams.batch_size)
     # train/loss at every optimizer step, validation and train per-class recall every epoch.
     assert [s for s, _ in series["train/loss"]] == list(range(steps))
     for tag in ("val/recall_0", "val/recall_1", "val/min_recall", "val/auroc", "train/recall_0", "train/recall_1"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +144,34 @@ def check_target(target: Path, source: str | os.PathLike | None) -> None:
         raise ValueError(f"predictions.path: cannot write {target}: no write permission in {existing}")
 
 
+def _partial_prefix(target: Path) -> str:
+    """A writer's temporary file is ``.<name>.partial-<host>-<pid>`` beside ``target``."""
+    return f".{target.name}.partial-{socket.gethostname()}-"
+
+
+def remove_orphan_partials(target: Path) -> None:
+    """Delete the temporary files of writers of ``target`` on this host that were killed (``kill -9``
+    skips the clean-up): those whose process no longer exists. Only this output's temporary
+    files, as the folder is the user's; other hosts' ones are left (their processes cannot be seen)."""
+    prefix = _partial_prefix(target)
+    for partial in target.parent.glob(glob.escape(prefix) + "*"):
+        pid = partial.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 class PredictionCSV(BasePredictionWriter):
     """Writes ``predict`` results to a CSV file: ``row,probability,label`` (row: 0-based input position).
 
     Rows are streamed to a temporary file beside the output, renamed over it only when every
     batch is written, so an interrupted run never leaves a partial file under the output's name.
+    The temporary file of a killed run is removed by the next run writing the same output.
 
     Args:
         path: output file. Default: ``<input>.predictions.csv`` beside ``data.predict_path``, or
@@ -171,7 +196,8 @@ class PredictionCSV(BasePredictionWriter):
         self._target = self.output_path(trainer)
         check_target(self._target, getattr(trainer.datamodule, "hparams", {}).get("predict_path"))
         self._target.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = self._target.with_name(f".{self._target.name}.partial-{os.getpid()}")
+        remove_orphan_partials(self._target)
+        self._partial = self._target.with_name(f"{_partial_prefix(self._target)}{os.getpid()}")
         self._file = self._partial.open("w")
         self._file.write("row,probability,label\n")
         self._rows = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,22 @@ def test_a_failure_mid_predict_leaves_earlier_output_intact_and_no_partial_file(
     assert out.read_bytes() == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy", "mine.predictions.csv"]
     assert writer._rows == 100 and len(model.partials_at_failure) == 1  # the writer had started
+
+
+def test_a_killed_writers_partial_file_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    import socket
+
+    np.save(source := tmp_path / "mine.npy", DIGITS)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # its pid now names no process, as after kill -9
+    host = socket.gethostname()
+    orphan = tmp_path / f".mine.predictions.csv.partial-{host}-{finished.pid}"
+    kept = [tmp_path / f".mine.predictions.csv.partial-{host}-{os.getppid()}",  # a live writer's
+            tmp_path / f".mine.predictions.csv.partial-other-host-{finished.pid}",  # another host's
+            tmp_path / f".other.csv.partial-{host}-{finished.pid}"]  # another output's
+    for partial in (orphan, *kept):
+        partial.write_text("row,probability,label\n0,0.5,1\n")
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV()])
+    trainer.predict(SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)))
+    assert len(read_predictions(tmp_path / "mine.predictions.csv")) == len(DIGITS)
+    assert not orphan.exists() and all(p.exists() for p in kept)

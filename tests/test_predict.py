@@ -171,13 +171,16 @@ def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
         return ([f"--data.predict_path={source}"],
                 f"predictions.path: {tmp_path / 'mine.predictions.csv'} is a folder; name a file, "
                 f"e.g. {tmp_path / 'mine.predictions.csv' / 'predictions.csv'}")
+    if case == "output is the input":
+        return [f"--data.predict_path={source}", f"--predictions.path={source}"], f"predictions.path would overwrite the input file {source}"
     if case == "output inside a file":
         return ([f"--data.predict_path={source}", f"--predictions.path={source}/out.csv"],
                 f"predictions.path: cannot write {source}/out.csv: {source} is a file, not a folder")
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["empty npy", "output is a folder", "default output is a folder", "output inside a file"])
+@pytest.mark.parametrize("case", ["empty npy", "output is a folder", "default output is a folder", "output is the input",
+                                  "output inside a file"])
 def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     args, expected = bad_input(tmp_path, case)

@@ -52,15 +52,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def remove_orphans(folder: Path) -> None:
     """Delete partial files left by writers that were killed (their process no longer exists)."""
     for partial in folder.glob(".*.partial-*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            partial.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
+        remove_if_writer_died(partial, partial.name.rsplit("-", 1)[-1])
+
+
+def remove_if_writer_died(partial: Path, pid: str) -> None:
+    """Delete ``partial`` when the process ``pid`` that was writing it no longer exists."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        partial.unlink(missing_ok=True)
+    except PermissionError:
+        pass  # alive, another user's
 
 
 def rng_states() -> dict[str, Any]:

@@ -13,6 +13,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from lightsum.checkpointing import remove_if_writer_died
+
 _DIGITS = frozenset("0123456789")
 
 
@@ -155,15 +157,7 @@ def remove_orphan_partials(target: Path) -> None:
     files, as the folder is the user's; other hosts' ones are left (their processes cannot be seen)."""
     prefix = _partial_prefix(target)
     for partial in target.parent.glob(glob.escape(prefix) + "*"):
-        pid = partial.name[len(prefix):]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            partial.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
+        remove_if_writer_died(partial, partial.name[len(prefix):])
 
 
 class PredictionCSV(BasePredictionWriter):

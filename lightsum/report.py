@@ -90,7 +90,7 @@ def figure_files(names: list[str]) -> list[str]:
     return files
 
 
-def read_run(path: Path, name: str | None = None) -> Run:
+def read_run(path: Path) -> Run:
     """Every scalar series of a run, its training seconds and its strategy.
 
     A resumed or requeued run adds an event file to its folder, and re-logs the steps after the
@@ -100,10 +100,7 @@ def read_run(path: Path, name: str | None = None) -> Run:
     on: the re-logged steps count once, with the values of the attempt that continued, and a tail
     an abandoned attempt logged past them is dropped. Seconds add up each file's span, from the
     file's creation to its last scalar, so a pause between a stop and a resume does not count.
-
-    Args:
-        path: the run folder.
-        name: the run's name in the table and figure; default ``<parent>/<folder>``.
+    The run is named ``<parent>/<folder>``; ``report_main`` renames runs that would collide.
     """
     series: dict[str, dict[int, float]] = {}
     seconds = 0.0
@@ -122,7 +119,7 @@ def read_run(path: Path, name: str | None = None) -> Run:
             seconds += last - acc.FirstEventTimestamp()
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    name = name or f"{path.parent.name}/{path.name}"
+    name = f"{path.parent.name}/{path.name}"
     return Run(path, name, strategy_of(config or {}), {t: sorted(p.items()) for t, p in series.items()}, seconds)
 
 

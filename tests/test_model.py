@@ -197,3 +197,34 @@ def test_a_diverged_model_stops_with_a_clear_error() -> None:
                          num_sanity_val_steps=0, limit_train_batches=3)
     with pytest.raises(ValueError, match="not finite"):
         trainer.fit(Diverging(hidden_size=8), datamodule=SumDataModule(num_samples=2000, batch_size=64))
+
+
+def test_pos_weight_weights_the_positive_class_in_the_loss() -> None:
+    torch.manual_seed(0)
+    digits = torch.randint(0, 10, (64, 30))
+    target = (digits.sum(1) >= 135).long()  # both classes
+    model = SumClassifier(hidden_size=8, pos_weight=3.0).eval()
+    logits = model(digits)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=torch.tensor(3.0))
+    unweighted = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float())
+    loss = model._step_loss(digits, target)
+    assert torch.equal(loss, expected) and not torch.equal(loss, unweighted)
+
+
+def test_no_pos_weight_trains_exactly_as_a_weight_of_one() -> None:
+    """Without pos_weight the loss skips the weighting ops; the weights must be bitwise those of 1.0."""
+    import pytorch_lightning as pl
+
+    from lightsum import SumDataModule
+
+    weights = []
+    for pos_weight in (None, 1.0):
+        pl.seed_everything(0)
+        model = AdamClassifier(hidden_size=8, pos_weight=pos_weight)
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                             limit_train_batches=10, num_sanity_val_steps=0)
+        trainer.fit(model, datamodule=SumDataModule(num_samples=2000, batch_size=64))
+        weights.append([p.detach().clone() for p in model.parameters()])
+        val_loss = float(trainer.callback_metrics["val/loss"])
+        weights[-1].append(torch.tensor(val_loss))
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

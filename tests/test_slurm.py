@@ -22,11 +22,13 @@ EPOCHS = 6
 
 
 def slurm_env(tmp_path: Path) -> dict[str, str]:
-    """What srun sets for a 1-task job, and a `scontrol` on PATH that records its arguments."""
+    """What srun sets for a 1-task job, and a `scontrol` on PATH that records its arguments and then
+    ends the job, as SLURM does once a job is requeued (its caller, the training process, is killed
+    before it can train or write anything more)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path / "scontrol.log"}"\n')
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path / "scontrol.log"}"\nkill -9 $PPID\n')
     scontrol.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     return {
@@ -58,15 +60,14 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path: Path) -> 
     run_dir = root / "default" / f"slurm_{JOB_ID}"  # named after the job: the same folder after a requeue
     proc = launch(root, env)
     wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)  # epoch 0 done
-    time.sleep(0.3)  # somewhere in epoch 1
+    time.sleep(0.3)  # into a later epoch, most likely mid-epoch
     proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit (--signal=SIGUSR1@90)
-    wait_for(lambda: (tmp_path / "scontrol.log").exists(), proc)
+    proc.wait(timeout=120)  # the fake scontrol kills the job as soon as it is requeued
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
     (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")
     check_checkpoint(str(hpc))
     saved = torch.load(hpc, weights_only=True)
-    proc.kill()  # SLURM ends the job once it is requeued
-    proc.wait()
     assert not (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime > hpc.stat().st_mtime
 
     # A copy of the job's folder, requeued too: resuming one mid-epoch checkpoint is deterministic.

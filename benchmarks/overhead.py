@@ -5,10 +5,14 @@ tensors and sampler) and run the same validation forward passes each epoch. The 
 ``SumCLI`` built from ``configs/seed.yaml`` (so per-step ``train/loss`` to TensorBoard, both
 checkpoints every epoch, the progress bar, per-class metrics and the TensorBoard figures, as users
 get them, with the config's ``data.steps_per_execution``); the plain loop has none of that. The
-last two columns time the data path alone: lightsum's training loader against plain indexing. They alternate, several repeats, and medians are reported.
+last two columns time the data path alone: lightsum's training loader against plain indexing.
+The sides alternate, several repeats, and medians are reported.
 
-    python benchmarks/overhead.py [--epochs 3] [--repeats 3]
+    python benchmarks/overhead.py [--epochs 5] [--repeats 3]
     python benchmarks/overhead.py --accelerator gpu --num-samples 50000   # GPU (benchmarks/gpu_check.sh)
+
+Five epochs by default: the seed config draws its TensorBoard figures every 5th epoch, so five
+epochs weigh them about as a full run does (three would draw them in one epoch of three).
 
 On a GPU both sides keep the data on the device (lightsum: ``data.placement auto``; the plain loop
 moves it once) and the clocks stop after ``torch.cuda.synchronize()``.
@@ -133,7 +137,7 @@ def data_path_us(layout: str, batch_size: int, epochs: int) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per timing (a multiple of figures.every_n_epochs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", nargs="+", default=["flat:50", "sequence:50", "flat:1024", "sequence:1024"])
     parser.add_argument("--accelerator", default="cpu", help="trainer.accelerator for both sides (cpu, gpu)")

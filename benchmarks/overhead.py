@@ -8,7 +8,7 @@ get them, with the config's ``data.steps_per_execution``); the plain loop has no
 last two columns time the data path alone: lightsum's training loader against plain indexing.
 The sides alternate, several repeats, and medians are reported.
 
-    python benchmarks/overhead.py [--epochs 5] [--repeats 3]
+    python benchmarks/overhead.py [--epochs 5] [--repeats 5] [--cases flat:50 ...]
     python benchmarks/overhead.py --accelerator gpu --num-samples 50000   # GPU (benchmarks/gpu_check.sh)
 
 Five epochs by default: the seed config draws its TensorBoard figures every 5th epoch, so five
@@ -138,7 +138,7 @@ def data_path_us(layout: str, batch_size: int, epochs: int) -> tuple[float, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="epochs per timing (a multiple of figures.every_n_epochs)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cases", nargs="+", default=["flat:50", "sequence:50", "flat:1024", "sequence:1024"])
     parser.add_argument("--accelerator", default="cpu", help="trainer.accelerator for both sides (cpu, gpu)")
     parser.add_argument("--num-samples", type=int, help="data.num_samples (seed config: 10000)")
@@ -148,7 +148,7 @@ def main() -> None:
         OPTIONS.append(f"--data.num_samples={opts.num_samples}")
     device = torch.cuda.get_device_name() if opts.accelerator == "gpu" else f"CPU, torch threads {torch.get_num_threads()}"
     print(f"seed config {' '.join(OPTIONS)}, {opts.epochs} epochs per timing, median of {opts.repeats}, {device}")
-    print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} "
+    print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} {'range':>9s} "
           f"{'lightsum s/epoch':>17s} {'data us/batch lightsum':>23s} {'plain':>6s}")
     for case in opts.cases:
         layout, batch = case.split(":")
@@ -159,9 +159,12 @@ def main() -> None:
             seconds, n = lightning_epoch_seconds(layout, int(batch), opts.epochs)
             light.append(n / seconds)
         p, q = statistics.median(plain), statistics.median(light)
+        # The ratio of each adjacent (plain, lightsum) pair: the machine's speed drifts between
+        # repeats, and a pair shares it; the median of the pairs and their range are printed.
+        ratios = [b / a for a, b in zip(plain, light)]
         data_light, data_plain = data_path_us(layout, int(batch), opts.epochs)
-        print(f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {q / p:6.3f} {n / q:17.3f} {data_light:23.1f} {data_plain:6.1f}",
-              flush=True)
+        print(f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {statistics.median(ratios):6.3f} "
+              f"{min(ratios):.2f}-{max(ratios):.2f} {n / q:17.3f} {data_light:23.1f} {data_plain:6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -233,8 +233,8 @@ class SumClassifier(pl.LightningModule):
         return loss
 
     def _loss_pos_weight(self) -> torch.Tensor | None:
-        # Unweighted, the loss skips the weighting ops (~15 us a flat-layout step, forward and
-        # backward); a weight of 1 gives bitwise the same loss and gradients.
+        # Unweighted, the loss skips the weighting ops, forward and backward; a weight of 1 gives
+        # bitwise the same loss and gradients (tests/test_model.py).
         return None if self.hparams.pos_weight is None else self.pos_weight
 
     def _flush_steps(self) -> None:

@@ -38,11 +38,12 @@ SEED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "seed.yaml"
 OPTIONS: list[str] = []  # extra CLI arguments for every run (--accelerator, --num-samples)
 
 
-def build(layout: str, batch_size: int, epochs: int, root: str) -> SumCLI:
+def build(layout: str, batch_size: int, epochs: int, root: str, *extra: str) -> SumCLI:
+    """The seed config's CLI (not run) in ``layout`` at ``batch_size``, logging under ``root``."""
     args = [
         "--config", str(SEED_CONFIG), f"--data.layout={layout}", f"--data.batch_size={batch_size}",
         f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.enable_model_summary=false", *OPTIONS,
+        "--trainer.enable_model_summary=false", *OPTIONS, *extra,
     ]
     return build_cli(args, run=False)
 

@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightsum.network import SumNet
+from lightsum.nn import SumNet
 
 SEQ_LEN = 30
 HIDDEN = 200

@@ -14,9 +14,9 @@ import argparse
 import torch
 
 from lightsum import SumClassifier
-from lightsum.data import labels_of, natural_digits
+from lightsum.data.datamodule import labels_of, natural_digits
 from lightsum.metrics import class_metrics
-from lightsum.synthesis import digits_with_sums
+from lightsum.data.synthesis import digits_with_sums
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 Fits one epoch of ``configs/default.yaml`` on a small data set with
 ``torch.cuda.set_sync_debug_mode("warn")`` switched on during the training steps (data fetch
-included) and off during validation, and counts the warnings. lightsum buffers ``train/loss`` and
-the training recall on the device and reads them back once per 50 steps, so the expected count is
-about steps / 50; one per step would mean a step waits on the host.
+included) and off during validation, and counts the warnings. lightsum's per-step work stays on
+the device: ``train/loss`` is read back once per 50 steps (``callbacks.TrainLoss``) and the
+training recall's counts are sums on the device, so the expected count is about steps / 50 plus a
+few per epoch; one per step would mean every step waits on the host.
 
     python benchmarks/step_syncs.py [--num-samples 20000]
 """
@@ -19,7 +20,7 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
-from lightsum.main import build_cli
+from lightsum.cli import build_cli
 
 
 class SyncWatch(pl.Callback):
@@ -54,7 +55,7 @@ def main() -> None:
     syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
     steps = cli.trainer.global_step
     print(f"data on {cli.datamodule.train_set.digits.device}; {steps} training steps, {len(syncs)} host syncs "
-          f"({len(syncs) / max(steps, 1):.3f} per step; lightsum's flushes every 50 steps: {steps // 50 + 1})")
+          f"({len(syncs) / max(steps, 1):.3f} per step; train/loss flushes every 50 steps: {steps // 50 + 1})")
     for message, count in collections.Counter(syncs).most_common(5):
         print(f"  {count:5d} x {message}")
 

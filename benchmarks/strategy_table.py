@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lightsum import SumClassifier
-from lightsum.main import main
+from lightsum.cli import main
 from lightsum.metrics import class_metrics
 
 OVERLAYS = Path(__file__).resolve().parents[1] / "configs" / "strategies"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from lightsum.synthesis import class_digits
+from lightsum.data.synthesis import class_digits
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

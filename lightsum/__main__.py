@@ -1,4 +1,4 @@
-from lightsum.main import main
+from lightsum.cli import main
 
 if __name__ == "__main__":
     main()

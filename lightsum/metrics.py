@@ -1,42 +1,74 @@
-"""Per-class classification metrics and decision-threshold tuning (torchmetrics functional API)."""
+"""Per-class metrics (torchmetrics), the evaluation's gathered scores, and decision-threshold tuning."""
 
 from __future__ import annotations
 
 import torch
+from torchmetrics import Metric
 from torchmetrics.functional.classification import (
-    binary_accuracy,
     binary_auroc,
     binary_average_precision,
-    binary_recall,
+    binary_confusion_matrix,
     binary_roc,
-    binary_specificity,
 )
+from torchmetrics.utilities import dim_zero_cat
+
+
+def confusion_metrics(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-class figures of a 2x2 confusion matrix (rows: true class, columns: predicted).
+
+    Returns:
+        recall_0 (the minority class here), recall_1, min_recall (the headline: the worse of the
+        two), balanced_accuracy and accuracy; a class with no sequence has recall 0, as in
+        torchmetrics.
+    """
+    matrix = matrix.float()
+    recall = matrix.diagonal() / matrix.sum(1).clamp_min(1)
+    return {
+        "recall_0": recall[0],
+        "recall_1": recall[1],
+        "min_recall": recall.min(),
+        "balanced_accuracy": recall.mean(),
+        "accuracy": matrix.diagonal().sum() / matrix.sum().clamp_min(1),
+    }
 
 
 def class_metrics(probs: torch.Tensor, target: torch.Tensor, threshold: float | torch.Tensor) -> dict[str, torch.Tensor]:
-    """All headline metrics of one evaluation.
-
-    Args:
-        probs: probabilities of class 1.
-        target: 0/1 labels.
-        threshold: predict 1 when ``probs >= threshold``.
-
-    Returns:
-        recall_0 (minority class here), recall_1, min_recall (the headline: the worse of the two),
-        balanced_accuracy, accuracy, auroc, average_precision.
-    """
+    """All headline metrics of one evaluation: ``confusion_metrics`` at ``threshold`` (predict 1
+    when ``probs >= threshold``), and the threshold-free auroc and average_precision."""
     target = target.long()
     preds = (probs >= threshold).long()  # labels, so torchmetrics applies no threshold of its own
-    values = {
-        "recall_0": binary_specificity(preds, target),  # recall of the negative class
-        "recall_1": binary_recall(preds, target),
-        "accuracy": binary_accuracy(preds, target),
-        "auroc": binary_auroc(probs, target),
-        "average_precision": binary_average_precision(probs, target),
-    }
-    values["min_recall"] = torch.minimum(values["recall_0"], values["recall_1"])
-    values["balanced_accuracy"] = (values["recall_0"] + values["recall_1"]) / 2
+    values = confusion_metrics(binary_confusion_matrix(preds, target, validate_args=False))
+    values["auroc"] = binary_auroc(probs, target)
+    values["average_precision"] = binary_average_precision(probs, target)
     return values
+
+
+class EvaluationScores(Metric):
+    """Every logit and label of one evaluation stage; ``compute()`` gathers them from every rank.
+
+    Evaluation keeps every score rather than streaming thresholded counts: AUROC is then exact,
+    and the decision threshold can be tuned on the whole set before any thresholded metric.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("logits", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        # float32 whatever the precision: metrics and threshold tuning need the resolution.
+        self.logits.append(logits.float())
+        self.target.append(target)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return dim_zero_cat(self.logits), dim_zero_cat(self.target)
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``compute()`` as 1-D tensors, also for a single score (torchmetrics squeezes those to 0-D)."""
+        logits, target = self.compute()
+        return logits.reshape(-1), target.reshape(-1)
 
 
 def tune_threshold(probs: torch.Tensor, target: torch.Tensor) -> float:

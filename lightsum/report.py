@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightsum.errors import OneLineParserErrors
+from lightsum.events import read_scalars
 
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
 TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "balanced_accuracy", "auroc")
@@ -91,60 +92,13 @@ def figure_files(names: list[str]) -> list[str]:
 
 
 def read_run(path: Path) -> Run:
-    """Every scalar series of a run, its training seconds and its strategy.
-
-    A resumed or requeued run adds an event file to its folder, and re-logs the steps after the
-    checkpoint it resumed from. The files are read one by one, oldest first (by the creation time
-    in their names, then their first event's time, then the writer's counter), and each file
-    replaces, tag by tag, every point the older files logged from its own first step of that tag
-    on: the re-logged steps count once, with the values of the attempt that continued, and a tail
-    an abandoned attempt logged past them is dropped. Seconds add up each file's span, from the
-    file's creation to its last scalar, so a pause between a stop and a resume does not count.
-    The run is named ``<parent>/<folder>``; ``report_main`` renames runs that would collide.
-    """
-    series: dict[str, dict[int, float]] = {}
-    seconds = 0.0
-    for acc in _event_files_oldest_first(path):
-        last = None
-        for tag in acc.Tags()["scalars"]:
-            points = acc.Scalars(tag)
-            if not points:
-                continue
-            first = min(e.step for e in points)
-            kept = {step: value for step, value in series.get(tag, {}).items() if step < first}
-            kept.update((e.step, e.value) for e in points)  # in file order: a step's last value wins
-            series[tag] = kept
-            last = max([last or 0.0, *(e.wall_time for e in points)])
-        if last is not None:
-            seconds += last - acc.FirstEventTimestamp()
+    """A run's scalar series and training seconds (``lightsum.events.read_scalars``: each step of a
+    resumed or requeued run counted once) and its strategy, named ``<parent>/<folder>``
+    (``report_main`` renames runs that would collide)."""
+    scalars = read_scalars(path)
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    name = f"{path.parent.name}/{path.name}"
-    return Run(path, name, strategy_of(config or {}), {t: sorted(p.items()) for t, p in series.items()}, seconds)
-
-
-# events.out.tfevents.<creation time>.<host>.<pid>.<counter>[suffix]; the host may hold dots.
-_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.(.+)\.(\d+)\.(\d+)")
-
-
-def _event_files_oldest_first(path: Path) -> list[EventAccumulator]:
-    """The loaded event files of a run folder, in the order they were created.
-
-    Sorting the names as text would put ``...123.10`` (a process's 11th writer) before
-    ``...123.9``, and a requeued job on another host before its first attempt.
-    """
-    loaded = []
-    for events in path.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
-        acc.Reload()
-        try:
-            first = acc.FirstEventTimestamp()
-        except ValueError:
-            continue  # no event at all (a writer killed before its first flush): nothing to read
-        match = _EVENT_FILE.match(events.name)
-        created, counter = (int(match[1]), int(match[4])) if match else (int(first), 0)
-        loaded.append(((created, first, counter, events.name), acc))
-    return [acc for _, acc in sorted(loaded, key=lambda item: item[0])]
+    return Run(path, f"{path.parent.name}/{path.name}", strategy_of(config or {}), scalars.series, scalars.seconds)
 
 
 def strategy_of(config: dict) -> str:
@@ -208,14 +162,9 @@ def plot(run: Run, out: Path) -> None:
     fig.savefig(out)
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, with a bad argument reported on one line like the other commands (no usage block)."""
-
-    def error(self, message: str) -> None:
-        if os.environ.get("LIGHTSUM_DEBUG"):
-            super().error(message)
-        sys.stderr.write(f"lightsum: error: report: {message} (see lightsum report --help)\n")
-        self.exit(2)
+class ReportParser(OneLineParserErrors, argparse.ArgumentParser):
+    error_context = "report: "
+    help_hint = "lightsum report --help"
 
 
 def report_main(argv: list[str]) -> None:
@@ -224,7 +173,7 @@ def report_main(argv: list[str]) -> None:
     Run folders without ``val/min_recall`` (from ``test`` or ``predict``, or a fit stopped before
     its first validation) are skipped with a note on stderr.
     """
-    parser = _OneLineErrorParser(
+    parser = ReportParser(
         prog="lightsum report",
         description="Figures and a comparison table of lightsum runs, read from their TensorBoard event files.",
     )

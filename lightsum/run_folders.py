@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 
 def slurm_job_id() -> str | None:

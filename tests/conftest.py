@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from lightsum.events import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -22,21 +26,47 @@ def tiny(root: Path, epochs: int = 2) -> list[str]:
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in a run folder's TensorBoard event files: tag -> [(step, value)] by step.
+    """Every scalar series in a run folder: tag -> [(step, value)] by step (``lightsum.events``)."""
+    return read_scalars(run_dir).series
 
-    Files are read one by one: a resumed run adds a second file, and two files written by one
-    process in the same second sort by a counter suffix as text ('.10' before '.9'), which would
-    make TensorBoard's reader see steps going backwards and purge them.
-    """
-    series: dict[str, list[tuple[int, float]]] = {}
-    for events in run_dir.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {tag: sorted(points) for tag, points in series.items()}
+
+def lightsum_process(*args: str, cwd: Path = REPO, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m lightsum ARGS`` in a real process, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "lightsum", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, **kwargs)
+
+
+def log_attempt(run_dir: Path, epochs: dict[int, tuple[float, float]], name: str) -> None:
+    """One attempt of a run, as Lightning logs it: per validated epoch, val/recall_0, val/recall_1,
+    val/min_recall and epoch at the step the epoch ended; the event file renamed to ``name``."""
+    before = set(run_dir.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(run_dir)
+    for epoch, (recall_0, recall_1) in epochs.items():
+        step = 10 * epoch + 9
+        for tag, value in (("val/recall_0", recall_0), ("val/recall_1", recall_1),
+                           ("val/min_recall", min(recall_0, recall_1)), ("epoch", epoch)):
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    (new,) = set(run_dir.glob("events.out.tfevents.*")) - before
+    new.rename(run_dir / name)
 
 
 @pytest.fixture
 def run_root(tmp_path: Path) -> Path:
     return tmp_path / "logs"
+
+
+FITTED_EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny default fit of FITTED_EPOCHS epochs, shared by the tests that only read its run folder."""
+    from lightsum.cli import main
+
+    return main(["fit", *tiny(tmp_path_factory.mktemp("logs"), epochs=FITTED_EPOCHS)])
+
+
+@pytest.fixture
+def run_dir(fitted) -> Path:
+    return Path(fitted.trainer.log_dir)

@@ -1,4 +1,4 @@
-"""Exact resume and crash-safe checkpoints: stop, resume, kill -9 at any moment, end where an uninterrupted run ends."""
+"""Exact resume through the CLI: stop at an epoch boundary or kill -9 at any moment, resume, end where an uninterrupted run ends."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny
-from lightsum.checkpointing import AtomicCheckpointIO
-from lightsum.main import check_checkpoint, main
+from lightsum.cli import check_checkpoint, main
 
 EPOCHS = 4
 
@@ -45,21 +44,6 @@ def test_resume_at_an_epoch_boundary_is_exact(uninterrupted, run_root: Path) -> 
     assert_bitwise_equal(final_weights(run_root, "split"), uninterrupted)
 
 
-def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
-    io = AtomicCheckpointIO()
-    target = tmp_path / "last.ckpt"
-    io.save_checkpoint({"step": 1}, target)
-
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
-
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        io.save_checkpoint({"step": 2, "bad": Unpicklable()}, target)
-    assert torch.load(target, weights_only=True) == {"step": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
-
-
 def launch(run_root: Path, resume: bool) -> subprocess.Popen:
     args = [*tiny(run_root, epochs=EPOCHS), "--trainer.logger.init_args.name=killed",
             '--trainer.plugins=[{"class_path": "slow_checkpoint_io.SlowAtomicCheckpointIO"}]']
@@ -78,6 +62,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_ends_as_the_uninterrupted_run(uninterrupted, run_root: Path) -> None:
     def writing(pattern: str, over_a_last_ckpt: bool):
         def ready() -> bool:
@@ -112,13 +97,3 @@ def test_kill_9_at_any_moment_then_resume_ends_as_the_uninterrupted_run(uninterr
     (final,) = [d for d in run_root.glob("killed/version_*/checkpoints") if (d / "last.ckpt").exists()]
     assert not list(final.glob("*.partial-*"))
     assert_bitwise_equal(final_weights(run_root, "killed"), uninterrupted)
-
-
-def test_orphaned_partial_files_are_removed_live_ones_kept(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = tmp_path / f".last.ckpt.partial-{int(dead.stdout)}"
-    live = tmp_path / f".best.ckpt.partial-{os.getppid()}"
-    orphan.write_bytes(b"x")
-    live.write_bytes(b"x")
-    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
-    assert not orphan.exists() and live.exists()

@@ -1,4 +1,4 @@
-"""`predict` on users' files: reading CSV/.npy, the output CSV, and refusing bad input cleanly."""
+"""`predict` end to end: users' files in, the output CSV out, bad input refused before anything is written."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
 
-from conftest import REPO, tiny
+from conftest import lightsum_process, tiny
 from lightsum import SumClassifier, SumDataModule
-from lightsum.main import main
-from lightsum.predict_io import PredictionCSV, read_sequences
+from lightsum.callbacks import PredictionCSV
+from lightsum.callbacks.predictions import check_target, prediction_target
+from lightsum.cli import main
 
 DIGITS = np.random.default_rng(7).integers(0, 10, size=(300, 30))
 
@@ -31,95 +31,17 @@ def write_csv(path: Path, rows: np.ndarray, comma: bool = True) -> Path:
     return path
 
 
-@pytest.mark.parametrize("form", ["comma", "string", "npy"])
-def test_read_sequences_forms(form: str, tmp_path: Path) -> None:
-    if form == "npy":
-        np.save(path := tmp_path / "x.npy", DIGITS.astype(np.int64))
-    else:
-        path = write_csv(tmp_path / "x.csv", DIGITS, comma=form == "comma")
-        path.write_text(path.read_text().replace(",", " , ", 5) + "\n\n")  # spaces, trailing blank lines
-    if form == "string":  # Windows line endings and a byte-order mark, as some editors save CSV
-        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
-    digits = read_sequences(path, 30)
-    assert digits.dtype == torch.uint8 and torch.equal(digits, torch.as_tensor(DIGITS, dtype=torch.uint8))
-
-
-BAD_FILES = [
-    ("short.csv", "1,2,3\n", "line 1: expected 30 digits, got 3"),
-    ("letter.csv", "0" * 30 + "\n" + "0" * 29 + "x\n", "line 2: 'x' is not a digit"),
-    ("negative.csv", ",".join(["1"] * 29 + ["-1"]) + "\n", "line 1: '-1' is not a digit"),
-    ("two_digit.csv", ",".join(["1"] * 29 + ["10"]) + "\n", "line 1: '10' is not a digit"),
-    ("gap.csv", "0" * 30 + "\n\n" + "0" * 30 + "\n", "line 2: expected 30 digits, got 0"),
-    ("header.csv", "digits\n" + "0" * 30 + "\n", "line 1: expected 30 digits, got 6"),
-    ("empty.csv", "", "holds no sequences"),
-]
-
-
-@pytest.mark.parametrize(("name", "text", "named"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
-def test_bad_text_files_name_the_line(name: str, text: str, named: str, tmp_path: Path) -> None:
-    (tmp_path / name).write_text(text)
-    with pytest.raises(ValueError, match=named):
-        read_sequences(tmp_path / name, 30)
-
-
-@pytest.mark.parametrize(("array", "named"), [
-    (np.zeros((4, 29), dtype=np.int64), r"shape \(N, 30\), got \(4, 29\)"),
-    (np.zeros((4, 30), dtype=np.float32), "integers 0-9, got dtype float32"),
-    (np.vstack([np.zeros((2, 30), int), np.full((1, 30), 12)]), "row 2, column 0: 12 is not a digit 0-9"),
-    (np.zeros((0, 30), dtype=np.int64), "holds no sequences"),
-])
-def test_bad_npy_files_name_the_row(array: np.ndarray, named: str, tmp_path: Path) -> None:
-    np.save(tmp_path / "x.npy", array)
-    with pytest.raises(ValueError, match=named):
-        read_sequences(tmp_path / "x.npy", 30)
-
-
-def test_npy_suffix_in_any_case(tmp_path: Path) -> None:
-    with open(tmp_path / "x.NPY", "wb") as f:  # np.save(path) would append ".npy"
-        np.save(f, DIGITS)
-    assert torch.equal(read_sequences(tmp_path / "x.NPY", 30), torch.as_tensor(DIGITS, dtype=torch.uint8))
-
-
-def test_empty_and_cut_short_npy_files(tmp_path: Path) -> None:
-    (tmp_path / "empty.npy").write_bytes(b"")
-    with pytest.raises(ValueError, match=f"data.predict_path: {tmp_path / 'empty.npy'} is empty"):
-        read_sequences(tmp_path / "empty.npy", 30)
-    np.save(tmp_path / "whole.npy", DIGITS)
-    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:200])
-    with pytest.raises(ValueError, match=f"{tmp_path / 'cut.npy'} is not a readable .npy array"):
-        read_sequences(tmp_path / "cut.npy", 30)
-
-
-def test_missing_binary_and_pickled_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="file not found"):
-        read_sequences(tmp_path / "nope.csv", 30)
-    with pytest.raises(ValueError, match=f"{tmp_path} is not a file"):
-        read_sequences(tmp_path, 30)
-    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81")
-    with pytest.raises(ValueError, match="not a text file"):
-        read_sequences(tmp_path / "bin.csv", 30)
-    np.save(tmp_path / "obj.npy", np.array([[object()]], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="not a readable .npy"):
-        read_sequences(tmp_path / "obj.npy", 30)
-
-
-def predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightsum", "predict", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=180)
-
-
 def read_predictions(path: Path) -> np.ndarray:
     lines = path.read_text().splitlines()
     assert lines[0] == "row,probability,label"
     return np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
 
 
-def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path) -> None:
+def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     source = write_csv(tmp_path / "mine.csv", DIGITS, comma=False)
-    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                   "--trainer.enable_progress_bar=true")
-    assert proc.returncode == 0, proc.stderr
-    assert "Predicting" in proc.stdout  # the progress bar (Lightning draws it on stdout)
+    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+          "--trainer.enable_progress_bar=true"])
+    assert "Predicting" in capsys.readouterr().out  # the progress bar (Lightning draws it on stdout)
     out = tmp_path / "mine.predictions.csv"  # the documented default: beside the input
     rows = read_predictions(out)
     model = SumClassifier.load_from_checkpoint(checkpoint)
@@ -132,22 +54,21 @@ def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path) -> None:
 def test_predict_npy_to_a_chosen_path_and_the_test_set(checkpoint: Path, tmp_path: Path) -> None:
     np.save(source := tmp_path / "mine.npy", DIGITS.astype(np.uint8))
     out = tmp_path / "sub" / "out.csv"
-    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                   f"--predictions.path={out}")
-    assert proc.returncode == 0, proc.stderr
+    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+          f"--predictions.path={out}"])
     assert len(read_predictions(out)) == len(DIGITS)
     # Without predict_path: the generated test set, into the run folder.
-    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}")
-    assert proc.returncode == 0, proc.stderr
+    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}"])
     assert len(read_predictions(next((tmp_path / "logs").rglob("predictions.csv")))) == 500
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_before_anything_is_written(checkpoint: Path, tmp_path: Path) -> None:
     source = tmp_path / "mine.csv"
     source.write_text("0" * 30 + "\n" + "7" * 31 + "\n")
     out = tmp_path / "mine.predictions.csv"
     out.write_text("earlier results\n")
-    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}")
+    proc = lightsum_process("predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"lightsum: error: data.predict_path: {source}, line 2: expected 30 digits, got 31: '{'7' * 31}'"
@@ -179,8 +100,7 @@ def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["empty npy", "output is a folder", "default output is a folder", "output is the input",
-                                  "output inside a file"])
+@pytest.mark.parametrize("case", ["empty npy", "default output is a folder"])  # the rest: test_the_output_path_is_checked
 def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     args, expected = bad_input(tmp_path, case)
@@ -192,24 +112,37 @@ def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, 
 
 
 def test_the_input_is_read_once(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The CLI checks the whole file before building the trainer; the data module reuses what it read.
-    from lightsum import predict_io
+    # The CLI checks the whole file before building the trainer; setup() serves what was read then.
+    from lightsum.data import datamodule
 
     reads = []
-    monkeypatch.setattr(predict_io, "_load", lambda path, seq_len, load=predict_io._load: reads.append(path) or load(path, seq_len))
+    monkeypatch.setattr(datamodule, "read_sequences", lambda path, seq_len, read=datamodule.read_sequences:
+                        reads.append(path) or read(path, seq_len))
     source = write_csv(tmp_path / "mine.csv", DIGITS)
     main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}"])
-    assert reads == [source]
+    assert reads == [str(source)]
     assert len(read_predictions(tmp_path / "mine.predictions.csv")) == len(DIGITS)
-    assert predict_io._checked == {}
 
 
-def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path) -> None:
+def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     source = write_csv(tmp_path / "short.csv", DIGITS[:, :20])
-    proc = predict(*tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                   "--data.seq_len=20")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "model reads seq_len=30 but data.seq_len is 20" in proc.stderr.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+              "--data.seq_len=20"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lightsum: error: the model reads seq_len=30 but data.seq_len is 20: use --data.seq_len 30 with {checkpoint}")
+
+
+@pytest.mark.parametrize("case", ["output is a folder", "default output is a folder", "output is the input",
+                                  "output inside a file"])
+def test_the_output_path_is_checked(case: str, tmp_path: Path) -> None:
+    args, expected = bad_input(tmp_path, case)
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in args)
+    target = prediction_target(options.get("predictions.path"), options["data.predict_path"])
+    with pytest.raises(ValueError) as error:
+        check_target(target, options["data.predict_path"])
+    assert str(error.value) == expected
 
 
 class FailingModel(SumClassifier):

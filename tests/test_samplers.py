@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 
 from lightsum import SumClassifier, SumDataModule
-from lightsum.data import DigitBatches
-from lightsum.samplers import ResampledSampler
+from lightsum.data.datamodule import DigitBatches
+from lightsum.data.samplers import ResampledSampler
 
 LABELS = torch.tensor([0] * 20 + [1] * 980)  # 2% minority, label 0 as in the digit-sum data
 
@@ -122,6 +122,7 @@ class AdamClassifier(SumClassifier):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["oversample", "undersample", "weighted"])
 def test_ddp_ranks_together_serve_one_resampled_epoch(sampling: str, tmp_path: Path) -> None:
     out = tmp_path / "indices.jsonl"

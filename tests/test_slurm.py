@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import REPO, scalars, tiny
-from lightsum.main import check_checkpoint, main
+from lightsum.cli import check_checkpoint, main
 
 JOB_ID = "4242"
 EPOCHS = 6
@@ -54,6 +54,7 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path: Path) -> None:
     root = tmp_path / "logs"
     env = slurm_env(tmp_path)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from lightsum.synthesis import class_digits, class_probability, digits_with_sums, sum_counts
+from lightsum.data.synthesis import class_digits, class_probability, digits_with_sums, sum_counts
 
 
 def exact_counts(seq_len: int) -> list[int]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from lightsum.checkpointing import AtomicCheckpointIO
+from lightsum.atomic import AtomicCheckpointIO
 
 
 class SlowAtomicCheckpointIO(AtomicCheckpointIO):
-    def _write(self, checkpoint, f) -> None:
-        super()._write(checkpoint, f)
+    def write(self, checkpoint, f) -> None:
+        super().write(checkpoint, f)
         f.flush()
         time.sleep(0.4)  # the partial file is complete on disk but not yet renamed

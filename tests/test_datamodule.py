@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightsum.data import SumDataModule, labels_of, natural_digits, stream
-from lightsum.synthesis import class_probability
+from lightsum.data import SumDataModule
+from lightsum.data.datamodule import EachSequenceOnce, labels_of, natural_digits, stream
+from lightsum.data.synthesis import class_probability
 
 
 def make(stage: str = "fit", **kwargs) -> SumDataModule:
@@ -75,8 +76,12 @@ def test_evaluation_loaders_use_their_own_batch_size() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "named"),
-    [({"val_fraction": 0.0}, "val_fraction"), ({"threshold": 271}, "threshold"), ({"batch_size": 0}, "batch_size"), ({"eval_batch_size": 0}, "eval_batch_size"),
-     ({"num_samples": 1, "val_fraction": 0.2}, "empty split")],
+    [({"val_fraction": 0.0}, "val_fraction"), ({"val_fraction": 1.5}, r"data.val_fraction must be in \(0, 1\), got 1.5"),
+     ({"threshold": 271}, "threshold"), ({"threshold": 0}, r"data.threshold=0 makes one class impossible.*\[1, 270\]"),
+     ({"test_samples": -1}, "data.test_samples must be a positive integer, got -1"),
+     ({"sampling_ratio": 0}, r"data.sampling_ratio must be in \(0, 1\], got 0"), ({"batch_size": 0}, "batch_size"), ({"eval_batch_size": 0}, "eval_batch_size"),
+     ({"num_samples": 1, "val_fraction": 0.2}, "empty split"), ({"num_samples": 0}, "data.num_samples must be a positive integer, got 0"),
+     ({"sampling_ratio": 1.5}, r"data.sampling_ratio must be in \(0, 1\], got 1.5")],
 )
 def test_bad_arguments(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -84,11 +89,30 @@ def test_bad_arguments(kwargs: dict, named: str) -> None:
 
 
 def test_labels_of_sums_in_chunks_exactly() -> None:
-    from lightsum.data import _LABEL_CHUNK, labels_of
+    from lightsum.data.datamodule import _LABEL_CHUNK
 
     digits = torch.randint(0, 10, (2 * _LABEL_CHUNK + 5, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     expected = (digits.long().sum(dim=1) >= 135).to(torch.uint8)  # the mean: both classes, near 50/50
     assert torch.equal(labels_of(digits, 135), expected)
+
+
+@pytest.mark.parametrize(("n", "world"), [(999, 2), (1000, 2), (7, 3), (2, 3)])
+def test_each_rank_evaluates_its_own_sequences_and_together_every_one_once(n: int, world: int) -> None:
+    dataset = list(range(n))
+    shares = [list(EachSequenceOnce(dataset, num_replicas=world, rank=r, shuffle=False)) for r in range(world)]
+    assert sorted(i for share in shares for i in share) == dataset
+    assert [len(EachSequenceOnce(dataset, num_replicas=world, rank=r)) for r in range(world)] == [len(s) for s in shares]
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_predict_file_is_read_once_and_served(tmp_path) -> None:
+    (tmp_path / "x.csv").write_text("0" * 30 + "\n" + "9" * 30 + "\n")
+    dm = SumDataModule(predict_path=str(tmp_path / "x.csv"))
+    dm.load_predict_file()
+    (tmp_path / "x.csv").unlink()  # setup must not read it again
+    dm.setup("predict")
+    assert dm.predict_set.digits.tolist() == [[0] * 30, [9] * 30] and dm.predict_set.labels.tolist() == [0, 1]
+    assert dm.test_set is None  # the generated test set is not made when a file is predicted
 
 
 def _batches(dm: SumDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,7 +138,7 @@ def test_placement_resolves_to_the_host_on_a_cpu_trainer() -> None:
 
 @pytest.mark.parametrize("placement", ["host", "sideways"])
 def test_placement_is_a_checked_choice(placement: str) -> None:
-    from lightsum.main import build_cli
+    from lightsum.cli import build_cli
 
     if placement == "host":
         assert build_cli(["--data.placement", placement], run=False).datamodule.hparams.placement == "host"

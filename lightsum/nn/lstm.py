@@ -1,8 +1,8 @@
-"""The network: an LSTM whose gate activation can be Keras 2's ``hard_sigmoid``, and SumNet.
+"""An LSTM whose gate activation can be Keras 2's ``hard_sigmoid``: a drop-in ``nn.LSTM``.
 
-Plain ``torch.nn`` modules, no Lightning here. ``LSTM`` is a drop-in ``nn.LSTM`` (same parameters and
-``state_dict`` names); with ``recurrent_activation="hard_sigmoid"`` it runs its own recurrence with a
-hand-written backward pass (see ``_LSTMLayer``), because cuDNN and oneDNN only fuse the sigmoid cell.
+Same parameters and ``state_dict`` names as ``nn.LSTM``; with ``recurrent_activation="hard_sigmoid"``
+it runs its own recurrence with a hand-written backward pass (see ``_LSTMLayer``), because cuDNN and
+oneDNN only fuse the sigmoid cell. Plain ``torch.nn``, no Lightning here.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 RecurrentActivation = Literal["sigmoid", "hard_sigmoid"]
-Init = Literal["torch", "keras"]
 
 _ACTIVATIONS = ("sigmoid", "hard_sigmoid")
-_INITS = ("torch", "keras")
 
 
 def hard_sigmoid(x: Tensor) -> Tensor:
@@ -184,7 +182,8 @@ class LSTM(nn.LSTM):
     move freely between the two activations and to/from a plain ``nn.LSTM``. ``forward`` takes
     ``(input, hx=None)`` and returns ``(output, (h_n, c_n))`` exactly like ``nn.LSTM``.
 
-    With ``"sigmoid"`` forward *is* ``nn.LSTM.forward`` (cuDNN / oneDNN fused kernels). With
+    With ``"sigmoid"`` forward *is* ``nn.LSTM.forward`` (cuDNN / oneDNN fused kernels; under CPU
+    autocast in float32, see ``forward``). With
     ``"hard_sigmoid"`` it runs a gate-by-gate recurrence: i, f, o use ``hard_sigmoid``, g and the
     cell output use tanh; stacked layers get ``dropout`` between them in training mode, as in
     ``nn.LSTM``. That path runs in the parameters' dtype with autocast off (no fp16 kernels to gain
@@ -233,9 +232,15 @@ class LSTM(nn.LSTM):
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``input`` (B, T, input_size), or (T, input_size) unbatched -> ``(output, (h_n, c_n))``."""
-        if self.recurrent_activation == "sigmoid":
-            return super().forward(input, hx)
-        return self._recurrence(input, hx, "hard_sigmoid")
+        if self.recurrent_activation == "hard_sigmoid":
+            return self._recurrence(input, hx, "hard_sigmoid")
+        if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU autocast sends the LSTM to oneDNN's bf16 kernel, which needs AVX-512 BF16 and fails
+            # elsewhere ("could not create a primitive descriptor", seen on an AVX2 EPYC): run the
+            # recurrence in float32 instead, as autocast does with other precision-sensitive ops.
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(input.float(), None if hx is None else (hx[0].float(), hx[1].float()))
+        return super().forward(input, hx)
 
     def _recurrence(
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None, activation: RecurrentActivation
@@ -285,82 +290,3 @@ class LSTM(nn.LSTM):
         if not batched:
             return output.squeeze(0), (hidden[0].squeeze(1), hidden[1].squeeze(1))
         return output, hidden
-
-
-class SumNet(nn.Module):
-    """LSTM -> last step's hidden state -> Dropout -> Linear(hidden, 1): one logit per sequence.
-
-    The Keras original is ``LSTM(200, recurrent_activation="hard_sigmoid", unit_forget_bias=True)
-    -> Dropout(0.5) -> Dense(1, sigmoid)``; this returns the logit (train with BCE-with-logits,
-    which is the numerically stable form of that sigmoid + binary cross-entropy).
-
-    Args:
-        input_size: features per time step (1 for a (B, 30, 1) sequence, 30 for (B, 1, 30) flat).
-        hidden_size: LSTM units.
-        num_layers: stacked LSTM layers.
-        dropout: dropout on the last hidden state, and between stacked layers.
-        recurrent_activation: gate activation; ``sigmoid`` uses the fused ``nn.LSTM`` kernels.
-        unit_forget_bias: start every layer's total forget-gate bias at 1 (Keras' default), so the
-            cell remembers by default early in training. Set in ``bias_ih``; ``bias_hh``'s forget
-            slice is zeroed, so the sum is exactly 1.
-        init: ``torch`` keeps PyTorch's defaults (uniform +-1/sqrt(hidden)); ``keras`` copies
-            Keras 2's: Glorot-uniform input kernel over the whole (4H, in) matrix, orthogonal
-            recurrent kernel (``orthogonal_`` on torch's (4H, H) weight: Keras' (H, 4H) kernel
-            transposed), zero biases, Glorot-uniform Dense weight and zero Dense bias.
-    """
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int = 200,
-        num_layers: int = 1,
-        dropout: float = 0.5,
-        recurrent_activation: RecurrentActivation = "sigmoid",
-        unit_forget_bias: bool = True,
-        init: Init = "torch",
-    ) -> None:
-        super().__init__()
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-        # nn.LSTM warns about dropout with one layer, where it has nothing to do.
-        self.lstm = LSTM(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            dropout=dropout if num_layers > 1 else 0.0,
-            recurrent_activation=recurrent_activation,
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, 1)
-        self.unit_forget_bias = unit_forget_bias
-        self.init = init
-        self._apply_init()
-
-    def reset_parameters(self) -> None:
-        """Re-draw all weights as ``init`` and ``unit_forget_bias`` say."""
-        self.lstm.reset_parameters()
-        self.head.reset_parameters()
-        self._apply_init()
-
-    def _apply_init(self) -> None:
-        """Overwrite PyTorch's default initialisation (already done) where ``init``/``unit_forget_bias`` say."""
-        hidden = self.lstm.hidden_size
-        forget = slice(hidden, 2 * hidden)  # torch gate order: i, f, g, o
-        with torch.no_grad():
-            for w_ih, w_hh, b_ih, b_hh in self.lstm.all_weights:
-                if self.init == "keras":
-                    nn.init.xavier_uniform_(w_ih)
-                    nn.init.orthogonal_(w_hh)
-                    b_ih.zero_()
-                    b_hh.zero_()
-                if self.unit_forget_bias:
-                    b_ih[forget] = 1.0
-                    b_hh[forget] = 0.0
-            if self.init == "keras":
-                nn.init.xavier_uniform_(self.head.weight)
-                self.head.bias.zero_()
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x`` float (B, T, input_size) -> logits (B,)."""
-        _, (h_n, _) = self.lstm(x)
-        return self.head(self.dropout(h_n[-1])).squeeze(-1)

@@ -1,23 +1,25 @@
-"""Command-line entry point: ``python -m lightsum`` and the ``lightsum`` script."""
+"""The command line: ``python -m lightsum`` and the ``lightsum`` script, built on LightningCLI."""
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lightsum.callbacks import EvaluationFigures, HparamsSession
-from lightsum.checkpointing import RandomStates
+from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, RandomStates, TrainLoss
+from lightsum.callbacks.predictions import check_target, prediction_target
+from lightsum.classifier import SumClassifier
 from lightsum.data import SumDataModule
-from lightsum.model import SumClassifier
-from lightsum.predict_io import PredictionCSV, check_sequences, check_target, prediction_target
+from lightsum.data.sequences import check_fits
+from lightsum.errors import OneLineParserErrors, one_line_errors
 from lightsum.run_folders import resume_in_latest_version, slurm_job_id, stable_slurm_run
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -27,30 +29,32 @@ _DESCRIPTION = (
     "below: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
     "(`lightsum report --help`)."
 )
+# Lightning's advice to add sync_dist=True to epoch-level logging under DDP: lightsum's epoch values
+# are global already (torchmetrics syncs on compute, scores are gathered), so it would only
+# average identical numbers again.
+_NOISE = (r"It is recommended to use `self.log\('(train|val|test)/",)
 
 
-class OneLineErrorParser(LightningArgumentParser):
-    """jsonargparse's parser, with a bad argument reported on one line (no usage block)."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error or os.environ.get("LIGHTSUM_DEBUG"):
-            super().error(message, ex)
-        text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-        sys.stderr.write(f"lightsum: error: {text} (see --help)\n")
-        self.exit(2)
+class SumParser(OneLineParserErrors, LightningArgumentParser):
+    """LightningCLI's parser, with a bad argument reported on one line."""
 
 
 class SumCLI(LightningCLI):
     """LightningCLI with linked data/model arguments, the two checkpoint callbacks, TensorBoard
-    figures, the predictions writer, early checks of a given checkpoint, and run folders that a
-    resumed or requeued fit continues."""
+    figures, the predictions writer, early checks of a given checkpoint and of predict's files,
+    and run folders that a resumed or requeued fit continues."""
+
+    def __init__(self, *args: Any, only: Sequence[str] = _SUBCOMMANDS, **kwargs: Any) -> None:
+        self.only = only
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in self.only}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The model must read sequences the way the data module serves them.
         parser.link_arguments("data.seq_len", "model.seq_len")
         parser.link_arguments("data.layout", "model.layout")
-        # The loader groups the batches the model then steps through.
-        parser.link_arguments("data.steps_per_execution", "model.steps_per_execution")
         # Best checkpoint by the headline metric; a separate every-epoch last.ckpt for resuming
         # (a monitored ModelCheckpoint only refreshes last.ckpt when the monitor improves).
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
@@ -66,7 +70,7 @@ class SumCLI(LightningCLI):
         # Where `predict` writes its CSV (--predictions.path).
         parser.add_lightning_class_args(PredictionCSV, "predictions")
 
-    def _active_config(self) -> Any:
+    def active_config(self) -> Any:
         """The parsed config of the running subcommand (the whole config with ``run=False``)."""
         subcommand = self.config.get("subcommand")
         return self.config[subcommand] if subcommand else self.config
@@ -74,42 +78,39 @@ class SumCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         # Checked here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
-        config = self._active_config()
+        config = self.active_config()
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_checkpoint(ckpt_path)
-            check_data_fits_checkpoint(ckpt_path, config.data)
+            hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+            check_fits(hparams, config.data, f" with {ckpt_path}")
 
     def before_instantiate_classes(self) -> None:
-        config = self._active_config()
+        config = self.active_config()
         if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
             # The default config's progress-bar callback would contradict enable_progress_bar=false.
             config.trainer.callbacks = [
                 c for c in config.trainer.callbacks if not str(c.get("class_path", "")).endswith("ProgressBar")
             ]
-        steps = config.data.get("steps_per_execution", 1)
-        if steps > 1 and (config.trainer.get("gradient_clip_val") or (config.trainer.get("accumulate_grad_batches") or 1) > 1):
-            raise ValueError(
-                f"data.steps_per_execution={steps} steps the optimizer by hand, where Lightning neither clips "
-                "nor accumulates gradients: use --data.steps_per_execution 1 with trainer.gradient_clip_val "
-                "or trainer.accumulate_grad_batches"
-            )
-        if self.subcommand == "predict":
-            check_predict_files(config)
+        if self.subcommand == "predict":  # before the trainer's logger makes a run folder
+            target = prediction_target(config.predictions.get("path"), config.data.get("predict_path"))
+            if target is not None:
+                check_target(target, config.data.get("predict_path"))
         job_id = slurm_job_id()
         if self.subcommand == "fit" and job_id is not None:
             stable_slurm_run(config, job_id)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             resume_in_latest_version(config)
 
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        trainer = super().instantiate_trainer(**kwargs)
-        # Lightning calls every hook of every callback at every step (~4 us each here): keep only
-        # the callbacks this subcommand uses.
-        unused = [c for c in trainer.callbacks if isinstance(c, PredictionCSV) and self.subcommand != "predict"]
-        unused += [c for c in trainer.callbacks if isinstance(c, EvaluationFigures) and not c.every_n_epochs]
-        trainer.callbacks = [c for c in trainer.callbacks if c not in unused]
-        return trainer
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand == "predict":
+            self.datamodule.load_predict_file()  # a bad file is refused before any run folder exists
+        # Lightning calls every hook of every callback at every step: keep only those in use.
+        self.trainer.callbacks = [
+            c for c in self.trainer.callbacks
+            if not (isinstance(c, PredictionCSV) and self.subcommand != "predict")
+            and not (isinstance(c, EvaluationFigures) and not c.every_n_epochs)
+        ]
 
 
 def check_checkpoint(path: str) -> None:
@@ -123,34 +124,6 @@ def check_checkpoint(path: str) -> None:
             raise ValueError(f"checkpoint is corrupt (bad CRC): {path}")
 
 
-def check_data_fits_checkpoint(path: str, data: Any) -> None:
-    """Refuse data the checkpoint's model was not built for.
-
-    The CLI links data.seq_len and data.layout into the model, so a mismatch would otherwise build
-    a model of another shape; in the sequence layout its weights even load, and it would silently
-    score sequences of a length it never saw.
-    """
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    for key in ("seq_len", "layout"):
-        if key in hparams and data.get(key) is not None and hparams[key] != data[key]:
-            raise ValueError(
-                f"the checkpoint's model reads {key}={hparams[key]!r} but data.{key} is {data[key]!r}: "
-                f"use --data.{key} {hparams[key]} with {path}"
-            )
-
-
-def check_predict_files(config: Any) -> None:
-    """Refuse a bad output path or input file of ``predict`` before the trainer is built: the
-    trainer's logger creates a run folder as soon as predicting starts. The input is read and
-    checked in full once; the data module then takes the sequences read here."""
-    source = config.data.get("predict_path")
-    target = prediction_target(config.predictions.get("path"), source)
-    if target is not None:
-        check_target(target, source)
-    if source:
-        check_sequences(source, config.data.seq_len)
-
-
 def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
     """The lightsum CLI exactly as ``main`` builds it; ``run=False`` parses and instantiates only.
 
@@ -160,15 +133,20 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
             ready for a benchmark to drive.
     """
     default = {"default_config_files": [str(DEFAULT_CONFIG)]}
+    argv = sys.argv[1:] if args is None else args
+    # Each subcommand's parser reads the Trainer's whole signature (~0.3 s apiece on a small CPU):
+    # build only the one asked for (all of them for `lightsum --help`).
+    only = argv[:1] if argv[:1] and argv[0] in _SUBCOMMANDS else _SUBCOMMANDS
     return SumCLI(
         SumClassifier,
         SumDataModule,
         args=args,
         run=run,
-        trainer_defaults={"callbacks": [HparamsSession(), RandomStates()]},
-        parser_class=OneLineErrorParser,
+        trainer_defaults={"callbacks": [HparamsSession(), RandomStates(), TrainLoss()]},
+        parser_class=SumParser,
         # The packaged default applies first; any --config stacks on top of it.
-        parser_kwargs={**{cmd: default for cmd in _SUBCOMMANDS}, "description": _DESCRIPTION} if run else default,
+        only=only,
+        parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION} if run else default,
         # A requeued or repeated run writes config.yaml again into the same folder.
         save_config_kwargs={"overwrite": True},
     )
@@ -181,16 +159,12 @@ def main(args: list[str] | None = None) -> SumCLI | None:
         args: command-line arguments; ``None`` reads ``sys.argv``.
     """
     argv = sys.argv[1:] if args is None else args
-    try:
+    with one_line_errors(), warnings.catch_warnings():
+        for message in _NOISE:
+            warnings.filterwarnings("ignore", message=message)
         if argv[:1] == ["report"]:  # not a Trainer method, so not a LightningCLI subcommand
             from lightsum.report import report_main
 
             report_main(argv[1:])
             return None
         return build_cli(args)
-    except (ValueError, FileNotFoundError, MisconfigurationException) as err:
-        # MisconfigurationException: Lightning's own check of a trainer setting combination.
-        if os.environ.get("LIGHTSUM_DEBUG"):
-            raise
-        print(f"lightsum: error: {err}", file=sys.stderr)
-        sys.exit(2)

@@ -1,4 +1,4 @@
-"""Callbacks the CLI always adds."""
+"""Confusion-matrix images and per-class PR curves in TensorBoard after each evaluation."""
 
 from __future__ import annotations
 
@@ -6,39 +6,11 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.tensorboard.summary import hparams
 from torchmetrics.functional.classification import binary_confusion_matrix
 
-# Metrics shown beside the hyperparameters in TensorBoard's HPARAMS tab.
-HPARAM_METRICS = ("val/min_recall", "val/recall_0", "val/recall_1", "val/balanced_accuracy", "val/accuracy", "val/auroc")
+from lightsum.errors import check_arguments
 
-
-class HparamsSession(pl.Callback):
-    """Declares the run's hyperparameters and validation metrics to TensorBoard's HPARAMS tab.
-
-    Lightning's own ``log_hyperparams(params, metrics)`` writes the metrics as scalars at step 0,
-    which would put a fake point on every validation curve. Writing the session summaries
-    directly declares the metric tags only; TensorBoard then reads their real values.
-    """
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_rank != 0:
-            return
-        params = {**pl_module.hparams}
-        if trainer.datamodule is not None:
-            params.update({f"data.{k}": v for k, v in trainer.datamodule.hparams.items()})
-        # TensorBoard accepts only numbers, strings and booleans; "_instantiator" is Lightning's bookkeeping.
-        params = {
-            k: v if isinstance(v, (bool, int, float, str)) else str(v)
-            for k, v in params.items()
-            if not k.rsplit(".", 1)[-1].startswith("_")
-        }
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                writer = logger.experiment._get_file_writer()
-                for summary in hparams(params, dict.fromkeys(HPARAM_METRICS, 0.0)):
-                    writer.add_summary(summary)
-
+_RULES = {"every_n_epochs": (lambda v: v >= 0, ">= 0 (0: no figures)"), "pr_thresholds": (lambda v: v >= 2, ">= 2")}
 
 class EvaluationFigures(pl.Callback):
     """After each validation (and test) epoch: a confusion-matrix image and PR curves in TensorBoard.
@@ -53,8 +25,7 @@ class EvaluationFigures(pl.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, pr_thresholds: int = 201) -> None:
-        if every_n_epochs < 0 or pr_thresholds < 2:
-            raise ValueError(f"figures: every_n_epochs must be >= 0 and pr_thresholds >= 2, got {every_n_epochs}, {pr_thresholds}")
+        check_arguments("figures", {"every_n_epochs": every_n_epochs, "pr_thresholds": pr_thresholds}, _RULES)
         self.every_n_epochs = every_n_epochs
         self.pr_thresholds = pr_thresholds
         self._picture: ConfusionMatrixPicture | None = None
@@ -70,7 +41,7 @@ class EvaluationFigures(pl.Callback):
             self._draw(trainer, pl_module, "test")
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        outputs = getattr(pl_module, "eval_outputs", {}).pop(stage, None)
+        outputs = pl_module.eval_outputs.pop(stage, None)
         if outputs is None or trainer.global_rank != 0:
             return  # every rank holds the gathered outputs; rank 0 draws
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -79,8 +50,9 @@ class EvaluationFigures(pl.Callback):
         probs, target = (t.detach().float().cpu() for t in outputs)
         threshold = float(pl_module.decision_threshold)
         matrix = binary_confusion_matrix((probs >= threshold).long(), target.long()).numpy()
-        # The step Lightning gives this epoch's scalars (its own callbacks read the same counter).
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        # The step Lightning logs this evaluation's scalars at: validation inside fit at the index of
+        # the optimizer step just taken, any other evaluation at the number of steps so far.
+        step = max(trainer.global_step - 1, 0) if trainer.state.fn == "fit" else trainer.global_step
         for writer in writers:
             for cls, (labels, scores) in enumerate(((target == 0, 1 - probs), (target == 1, probs))):
                 writer.add_pr_curve(f"{stage}/pr_curve_class_{cls}", labels.numpy(), scores.numpy(), step,

@@ -1,70 +1,14 @@
-"""What a checkpoint needs beyond Lightning's defaults: crash-safe writes and the random states."""
+"""Every process's random states, saved in each checkpoint and restored on resume."""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside its target, fsyncs it, then renames it.
-
-    A kill at any moment leaves either the previous complete file or the new complete file under
-    the checkpoint's name, never a partial one. (Lightning's own local save stages the bytes in the
-    system temp folder and moves them; across filesystems that move is a copy, and nothing is
-    fsynced.) Local paths only; remote URLs go through Lightning's writer.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphans(path.parent)
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            with open(partial, "wb") as f:
-                self._write(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
-
-
-    def _write(self, checkpoint: dict[str, Any], f: Any) -> None:
-        torch.save(checkpoint, f)
-
-
-def remove_orphans(folder: Path) -> None:
-    """Delete partial files left by writers that were killed (their process no longer exists)."""
-    for partial in folder.glob(".*.partial-*"):
-        remove_if_writer_died(partial, partial.name.rsplit("-", 1)[-1])
-
-
-def remove_if_writer_died(partial: Path, pid: str) -> None:
-    """Delete ``partial`` when the process ``pid`` that was writing it no longer exists."""
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        partial.unlink(missing_ok=True)
-    except PermissionError:
-        pass  # alive, another user's
 
 
 def rng_states() -> dict[str, Any]:

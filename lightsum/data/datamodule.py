@@ -1,26 +1,35 @@
-"""The digit-sum data: generated in ``setup()``, served as whole batches of in-memory tensors."""
+"""SumDataModule: the digit-sum data, generated in ``setup()``, served as whole batches of in-memory tensors."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from lightsum.predict_io import read_sequences
-from lightsum.samplers import ResampledSampler, Sampling
-from lightsum.synthesis import class_digits, class_probability
+from lightsum.data.samplers import ResampledSampler, Sampling
+from lightsum.data.sequences import Layout, read_sequences
+from lightsum.data.synthesis import class_digits, class_probability
+from lightsum.errors import POSITIVE_INT, check_arguments, is_number
 
-Layout = Literal["sequence", "flat"]
 TrainDistribution = Literal["natural", "balanced"]
 Placement = Literal["auto", "host", "device"]
 
 # Independent random streams per split: the test set never shares draws with train/val, and the
 # validation set is the same whatever the training distribution, so runs compare fairly.
 _STREAMS = {"train": 0, "val": 1, "test": 2}
+_SYNTHESIS_CHUNK = 262_144  # rows of one class drawn at a time: bounded temporaries
+_LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
+
+_RULES = {
+    **dict.fromkeys(("num_samples", "seq_len", "test_samples", "batch_size", "eval_batch_size"), POSITIVE_INT),
+    "val_fraction": (lambda v: is_number(v) and 0.0 < v < 1.0, "in (0, 1)"),
+    "sampling_ratio": (lambda v: is_number(v) and 0.0 < v <= 1.0, "in (0, 1]"),
+}
 
 
 def stream(seed: int, split: str) -> torch.Generator:
@@ -32,10 +41,6 @@ def stream(seed: int, split: str) -> torch.Generator:
 def natural_digits(n: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` sequences of ``seq_len`` uniform digits as uint8 (one byte per digit)."""
     return torch.randint(0, 10, (n, seq_len), generator=generator, dtype=torch.uint8)
-
-
-_SYNTHESIS_CHUNK = 262_144  # rows of one class drawn at a time: bounded temporaries
-_LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
 
 
 def labels_of(digits: torch.Tensor, threshold: int) -> torch.Tensor:
@@ -85,19 +90,19 @@ def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-class _StepGroups:
-    """Collate for ``steps_per_execution > 1``: one gathered item split back into batches.
+class EachSequenceOnce(DistributedSampler):
+    """This rank's share of an evaluation set: every ``num_replicas``-th sequence, none repeated.
 
-    The loader draws ``steps * batch_size`` indices at a time, so the batches are exactly those
-    of ``steps_per_execution=1`` (also under Lightning's distributed sampler), in one gather.
+    Torch's ``DistributedSampler`` pads the last rank with repeated sequences, which the gathered
+    metrics would count twice; ranks here differ by at most one sequence (safe without
+    gradients). A ``DistributedSampler``, so Lightning does not wrap it again.
     """
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        digits, labels = batch
-        return list(zip(digits.split(self.batch_size), labels.split(self.batch_size)))
+    def __len__(self) -> int:
+        return math.ceil((len(self.dataset) - self.rank) / self.num_replicas)
 
 
 class SumDataModule(pl.LightningDataModule):
@@ -110,9 +115,6 @@ class SumDataModule(pl.LightningDataModule):
         val_fraction: share of ``num_samples`` held out for validation (natural distribution).
         test_samples: size of the test set (natural distribution, its own random stream).
         batch_size: sequences per training batch.
-        steps_per_execution: training batches per loader item (Keras' name); the model takes
-            them as that many optimizer steps in one Lightning step (see ``SumClassifier``).
-            Saves Lightning's per-batch overhead where steps are short (small models, CPU).
         eval_batch_size: sequences per batch for validation, test and predict. Evaluation keeps
             no activations for a backward pass, so large batches cost little memory and save
             Lightning's per-batch work (about 0.3 ms a batch on a CPU).
@@ -141,7 +143,6 @@ class SumDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_samples: int = 100_000,
         batch_size: int = 50,
-        steps_per_execution: int = 1,
         eval_batch_size: int = 1024,
         seed: int = 0,
         layout: Layout = "sequence",
@@ -153,38 +154,19 @@ class SumDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._check_arguments()
+        check_arguments("data", self.hparams, _RULES)
+        if not 0 < threshold <= 9 * seq_len:
+            raise ValueError(
+                f"data.threshold={threshold} makes one class impossible: digit sums of {seq_len} digits "
+                f"lie in [0, {9 * seq_len}], so the threshold must be in [1, {9 * seq_len}]"
+            )
+        if not 1 <= self.num_val < num_samples:
+            raise ValueError(f"data.val_fraction={val_fraction} leaves an empty split of {num_samples} samples")
         self.train_set: DigitBatches | None = None
         self.val_set: DigitBatches | None = None
         self.test_set: DigitBatches | None = None
         self.predict_set: DigitBatches | None = None
         self.epoch_sampler: ResampledSampler | None = None
-
-    def _check_arguments(self) -> None:
-        h = self.hparams
-        for name in ("num_samples", "seq_len", "test_samples", "batch_size", "eval_batch_size", "steps_per_execution"):
-            if not isinstance(h[name], int) or h[name] < 1:
-                raise ValueError(f"data.{name} must be a positive integer, got {h[name]!r}")
-        if not 0.0 < h.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {h.val_fraction}")
-        if not 0.0 < h.sampling_ratio <= 1.0:
-            raise ValueError(f"data.sampling_ratio must be in (0, 1], got {h.sampling_ratio}")
-        if not 0 < h.threshold <= 9 * h.seq_len:
-            raise ValueError(
-                f"data.threshold={h.threshold} makes one class impossible: digit sums of {h.seq_len} digits "
-                f"lie in [0, {9 * h.seq_len}], so the threshold must be in [1, {9 * h.seq_len}]"
-            )
-        n_val = self.num_val
-        if n_val < 1 or n_val >= h.num_samples:
-            raise ValueError(f"data.val_fraction={h.val_fraction} leaves an empty split of {h.num_samples} samples")
-
-    def data_device(self) -> torch.device:
-        """The device the sequences are kept on (see ``placement``)."""
-        trainer = self.trainer
-        if self.hparams.placement == "host" or trainer is None:
-            return torch.device("cpu")
-        device = trainer.strategy.root_device
-        return device if self.hparams.placement == "device" or device.type == "cuda" else torch.device("cpu")
 
     @property
     def num_val(self) -> int:
@@ -193,6 +175,13 @@ class SumDataModule(pl.LightningDataModule):
     @property
     def num_train(self) -> int:
         return self.hparams.num_samples - self.num_val
+
+    def data_device(self) -> torch.device:
+        """The device the sequences are kept on (see ``placement``)."""
+        if self.hparams.placement == "host" or self.trainer is None:
+            return torch.device("cpu")
+        device = self.trainer.strategy.root_device
+        return device if self.hparams.placement == "device" or device.type == "cuda" else torch.device("cpu")
 
     def train_digits(self) -> torch.Tensor:
         """The training split's digits (natural or class-balanced)."""
@@ -230,6 +219,13 @@ class SumDataModule(pl.LightningDataModule):
                 )
         return DigitBatches(digits, labels)
 
+    def load_predict_file(self) -> None:
+        """Read and check ``predict_path`` now (``setup("predict")`` does it otherwise). The CLI
+        calls this before the trainer exists, so a bad file is refused before a run folder is made."""
+        if self.hparams.predict_path and self.predict_set is None:
+            digits = read_sequences(self.hparams.predict_path, self.hparams.seq_len)
+            self.predict_set = DigitBatches(digits, labels_of(digits, self.hparams.threshold))
+
     def setup(self, stage: str) -> None:
         h = self.hparams
         if stage == "fit" and self.train_set is None:
@@ -237,37 +233,30 @@ class SumDataModule(pl.LightningDataModule):
             self.epoch_sampler = ResampledSampler(self.train_set.labels, h.sampling, h.sampling_ratio, h.seed)
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = self._labelled(natural_digits(self.num_val, h.seq_len, stream(h.seed, "val")), "validation")
-        if stage == "test" or (stage == "predict" and not h.predict_path):
-            if self.test_set is None:
-                self.test_set = self._labelled(natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test")), "test")
-            self.predict_set = self.test_set
-        if stage == "predict" and h.predict_path and self.predict_set is None:
-            digits = read_sequences(h.predict_path, h.seq_len)
-            self.predict_set = DigitBatches(digits, labels_of(digits, h.threshold))
+        if (stage == "test" or (stage == "predict" and not h.predict_path)) and self.test_set is None:
+            self.test_set = self._labelled(natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test")), "test")
+        if stage == "predict":
+            self.load_predict_file()
+            if self.predict_set is None:
+                self.predict_set = self.test_set
         device = self.data_device()
         for split in (self.train_set, self.val_set, self.test_set, self.predict_set):
             if split is not None and split.digits.device != device:
                 split.to(device)
 
-    def _loader(self, dataset: DigitBatches, batch_size: int, sampler: Sampler | None = None, collate=_batch_as_is) -> DataLoader:
+    def _loader(self, dataset: DigitBatches, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         # num_workers=0: for in-memory tensors worker processes only add IPC cost.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        if h.steps_per_execution == 1:
-            return self._loader(self.train_set, h.batch_size, self.epoch_sampler)
-        return self._loader(self.train_set, h.batch_size * h.steps_per_execution, self.epoch_sampler, _StepGroups(h.batch_size))
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_batch_as_is)
 
     def _eval_loader(self, dataset: DigitBatches) -> DataLoader:
-        # Under DDP, Lightning's default DistributedSampler pads the last rank with repeated
-        # sequences, which would be counted twice in the gathered metrics. Each sequence exactly
-        # once instead (ranks may differ by one batch: safe without gradients).
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
             return self._loader(dataset, self.hparams.eval_batch_size)
-        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        sampler = EachSequenceOnce(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
         return self._loader(dataset, self.hparams.eval_batch_size, sampler)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

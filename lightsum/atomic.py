@@ -1,0 +1,115 @@
+"""Crash-safe writes: a temporary file beside the target, fsynced, then renamed over it.
+
+A kill at any moment leaves the target either as it was or complete, never partial. Checkpoints
+(``AtomicCheckpointIO``) and predictions (``callbacks.predictions``) are written this way.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
+
+
+def _partial_name(name: str, pid: str) -> str:
+    # The host is in the name because a pid names a process on one host only (shared folders).
+    return f".{name}.partial-{socket.gethostname()}-{pid}"
+
+
+class AtomicFile:
+    """A file written under ``.<name>.partial-<host>-<pid>`` and renamed to ``target`` on ``commit()``.
+
+    As a context manager: commits when the block ends normally, removes the partial file when it
+    raises. ``open()`` first removes the partial files that killed writers left beside the target.
+
+    Args:
+        target: the file to write.
+        mode: ``"wb"`` or ``"w"``.
+        orphans: whose partial files ``open()`` removes: the target's (default), or ``"*"`` for
+            every name in a folder lightsum owns (a checkpoint folder).
+    """
+
+    def __init__(self, target: str | os.PathLike, mode: str = "wb", orphans: str | None = None) -> None:
+        self.target = Path(target)
+        self.mode = mode
+        self.orphans = orphans or self.target.name
+        self.partial = self.target.with_name(_partial_name(self.target.name, str(os.getpid())))
+        self.file: IO[Any] | None = None
+
+    def open(self) -> IO[Any]:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(self.target.parent, self.orphans)
+        self.file = open(self.partial, self.mode)
+        return self.file
+
+    def commit(self) -> None:
+        """fsync, rename over the target, fsync the folder (so the rename survives a power cut)."""
+        assert self.file is not None, "commit() before open()"
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = None
+        os.replace(self.partial, self.target)
+        folder = os.open(self.target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def abort(self) -> None:
+        """Close and remove the partial file; the target stays as it was."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> IO[Any]:
+        return self.open()
+
+    def __exit__(self, kind: type | None, *_: Any) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def remove_orphans(folder: Path, name: str = "*") -> None:
+    """Delete the partial files of ``name`` (any name by default) that writers on this host left
+    when they were killed: those whose process no longer exists. Other hosts' files are left alone
+    (their processes cannot be seen from here)."""
+    names = name if name == "*" else glob.escape(name)
+    for partial in folder.glob(f".{names}.partial-{glob.escape(socket.gethostname())}-*"):  # _partial_name's form
+        pid = partial.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with each file written through ``AtomicFile``.
+
+    (Lightning's own local save stages the bytes in the system temp folder and moves them; across
+    filesystems that move is a copy, and nothing is fsynced.) Local paths only; remote URLs go
+    through Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        # Any name: the best-*.ckpt a killed run was writing may never be written again.
+        with AtomicFile(path, orphans="*") as f:
+            self.write(checkpoint, f)
+
+    def write(self, checkpoint: dict[str, Any], f: IO[bytes]) -> None:
+        """Serialise ``checkpoint`` into the open partial file (a seam for tests)."""
+        torch.save(checkpoint, f)

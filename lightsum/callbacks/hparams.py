@@ -1,0 +1,36 @@
+"""The run's hyperparameters beside its validation metrics in TensorBoard's HPARAMS tab."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+
+# Metrics shown beside the hyperparameters in TensorBoard's HPARAMS tab.
+HPARAM_METRICS = ("val/min_recall", "val/recall_0", "val/recall_1", "val/balanced_accuracy", "val/accuracy", "val/auroc")
+
+
+class HparamsSession(pl.Callback):
+    """Declares the run's hyperparameters and validation metrics to TensorBoard's HPARAMS tab.
+
+    Lightning's own ``log_hyperparams(params, metrics)`` writes the metrics as scalars at step 0,
+    which would put a fake point on every validation curve. Writing the session summaries
+    directly declares the metric tags only; TensorBoard then reads their real values.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        params = {**pl_module.hparams}
+        if trainer.datamodule is not None:
+            params.update({f"data.{k}": v for k, v in trainer.datamodule.hparams.items()})
+        # TensorBoard accepts only numbers, strings and booleans; "_instantiator" is Lightning's bookkeeping.
+        params = {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in params.items()
+            if not k.rsplit(".", 1)[-1].startswith("_")
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for summary in hparams(params, dict.fromkeys(HPARAM_METRICS, 0.0)):
+                    logger.experiment.file_writer.add_summary(summary)

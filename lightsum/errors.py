@@ -1,0 +1,87 @@
+"""The one-line error convention of every lightsum command: ``lightsum: error: <what is wrong>``, exit 2.
+
+Bad input is reported as a ``ValueError`` (or ``FileNotFoundError``) wherever it is found; the
+command line turns it into one line without a traceback. ``LIGHTSUM_DEBUG=1`` re-raises instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+# What counts as the user's mistake. MisconfigurationException: Lightning's own check of a
+# combination of trainer settings.
+USER_ERRORS = (ValueError, FileNotFoundError, MisconfigurationException)
+
+
+def debugging() -> bool:
+    return bool(os.environ.get("LIGHTSUM_DEBUG"))
+
+
+def fail(message: object, code: int = 2) -> NoReturn:
+    """Print ``lightsum: error: <message>`` on one line and exit."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    sys.stderr.write(f"lightsum: error: {text}\n")
+    sys.exit(code)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Report the user's mistakes raised inside as one line and exit 2."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        if debugging():
+            raise
+        fail(err)
+
+
+class OneLineParserErrors:
+    """Mixin for an argparse (or jsonargparse) parser: a bad argument is one line, no usage block.
+
+    ``error_context`` prefixes the message (``report: ``); ``help_hint`` says where help is.
+    """
+
+    error_context = ""
+    help_hint = "--help"
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # jsonargparse calls error() with exit_on_error=False while it tries alternatives: let it raise.
+        if not getattr(self, "exit_on_error", True) or debugging():
+            super().error(message, *([ex] if ex is not None else []))  # type: ignore[misc]
+        fail(f"{self.error_context}{message} (see {self.help_hint})")
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def check_arguments(owner: str, values: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
+    """Raise ``ValueError("<owner>.<name> must be <what>, got <value>")`` for the first broken rule.
+
+    Args:
+        owner: the config section the arguments belong to (``model``, ``data``).
+        values: argument name -> value.
+        rules: argument name -> (predicate, what the value must be).
+    """
+    for name, (ok, must) in rules.items():
+        if not ok(values[name]):
+            raise ValueError(f"{owner}.{name} must be {must}, got {values[name]!r}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+POSITIVE_INT: Rule = (lambda v: isinstance(v, int) and is_number(v) and v >= 1, "a positive integer")
+
+
+def diverged(what: str, precision: object) -> ValueError:
+    """The error for a non-finite loss or output, with the most likely remedy."""
+    hint = ("float16 overflows easily: try --trainer.precision bf16-mixed" if str(precision).startswith("16")
+            else "try a lower --optimizer.init_args.lr")
+    return ValueError(f"training diverged: {what} is not finite (NaN or inf); {hint}")

@@ -1,0 +1,52 @@
+"""lightsum.metrics: per-class figures, the gathered evaluation scores, threshold tuning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchmetrics.classification import BinaryRecall, BinarySpecificity
+
+from lightsum.metrics import EvaluationScores, class_metrics, confusion_metrics, tune_threshold
+
+
+def test_tuned_threshold_maximises_balanced_accuracy() -> None:
+    probs = torch.tensor([0.10, 0.20, 0.30, 0.35, 0.40, 0.90, 0.95, 0.97])
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    t = tune_threshold(probs, target)
+    assert 0.35 < t <= 0.40
+    values = class_metrics(probs, target, t)
+    assert float(values["min_recall"]) == 1.0
+    assert float(class_metrics(probs, target, 0.5)["recall_1"]) == 0.75
+
+
+def test_class_metrics_per_class_recall() -> None:
+    probs = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.1, 0.9])
+    target = torch.tensor([1, 1, 1, 1, 0, 0])
+    v = class_metrics(probs, target, 0.5)
+    assert float(v["recall_1"]) == 1.0 and float(v["recall_0"]) == 0.5
+    assert float(v["min_recall"]) == 0.5 and float(v["balanced_accuracy"]) == 0.75
+    assert float(v["accuracy"]) == pytest.approx(5 / 6)
+
+
+def test_confusion_metrics_equal_torchmetrics_recalls_bitwise() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        target = (torch.rand(997, generator=g) < 0.9).long()
+        preds = torch.where(torch.rand(997, generator=g) < 0.05, 1 - target, target)
+        matrix = torch.zeros(2, 2, dtype=torch.long).index_put_((target, preds), torch.tensor(1), accumulate=True)
+        values = confusion_metrics(matrix)
+        assert torch.equal(values["recall_0"], BinarySpecificity()(preds, target))
+        assert torch.equal(values["recall_1"], BinaryRecall()(preds, target))
+    # A class without sequences has recall 0, as in torchmetrics (not NaN).
+    assert float(confusion_metrics(torch.tensor([[0, 0], [1, 3]]))["recall_0"]) == 0.0
+
+
+def test_evaluation_scores_keep_every_score_in_float32_until_reset() -> None:
+    scores = EvaluationScores()
+    scores.update(torch.tensor([1.5, -2.0], dtype=torch.bfloat16), torch.tensor([1, 0]))
+    scores.update(torch.tensor([0.25]), torch.tensor([1]))
+    logits, target = scores.gathered()
+    assert logits.dtype == torch.float32 and logits.tolist() == [1.5, -2.0, 0.25] and target.tolist() == [1, 0, 1]
+    scores.reset()
+    scores.update(torch.tensor([3.0]), torch.tensor([0]))
+    assert scores.gathered()[0].tolist() == [3.0]  # 1-D even for one score

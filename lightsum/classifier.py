@@ -77,6 +77,7 @@ class SumClassifier(pl.LightningModule):
         self.val_scores, self.test_scores = EvaluationScores(), EvaluationScores()
         # The last evaluation's gathered (probabilities, targets) per stage, for figure callbacks.
         self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.trained_at: tuple[int, int] | None = None  # (epoch, global step) of loaded weights
 
     def features(self, digits: torch.Tensor) -> torch.Tensor:
         """uint8/int digits (B, seq_len) -> float network input in the model's layout."""
@@ -108,6 +109,9 @@ class SumClassifier(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         refuse_float16_eps(self.trainer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.trained_at = (checkpoint["epoch"], checkpoint["global_step"])
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         digits, target = batch
@@ -147,6 +151,8 @@ class SumClassifier(pl.LightningModule):
         values["decision_threshold"] = self.decision_threshold.clone()
         values["sequences"] = torch.tensor(float(len(target)))  # evaluated once each, over all ranks
         self.eval_outputs[stage] = (probs, target)
+        if self.trainer.state.fn != "fit":  # beside the checkpoint's own validation point
+            self.log("step", float(evaluated_at(self)[1]))
         # Already global (gathered above): no reduction across ranks.
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
 
@@ -172,6 +178,21 @@ class SumClassifier(pl.LightningModule):
         """0/1 labels of ``digits`` with the model's decision threshold (see ``predict_proba``)."""
         labels = self.predict_proba(digits) >= float(self.decision_threshold)
         return labels.long() if isinstance(labels, torch.Tensor) else labels.astype(np.int64)
+
+
+def evaluated_at(model: SumClassifier) -> tuple[int, int]:
+    """(epoch, step) of the weights being evaluated: where their metrics and figures are logged.
+
+    Inside fit, the current epoch and the optimizer step just taken, where Lightning logs
+    validation; otherwise the loaded checkpoint's, so that a test point lies beside the validation
+    point of the epoch it was saved at.
+    """
+    trainer = model.trainer
+    if trainer.state.fn == "fit" or model.trained_at is None:
+        epoch, steps = trainer.current_epoch, trainer.global_step
+    else:
+        epoch, steps = model.trained_at
+    return epoch, max(steps - 1, 0)
 
 
 def refuse_float16_eps(trainer: pl.Trainer) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
 import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities import rank_zero_only
 
 from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, RandomStates, TrainLoss
 from lightsum.callbacks.predictions import check_target, prediction_target
@@ -20,19 +23,37 @@ from lightsum.classifier import SumClassifier
 from lightsum.data import SumDataModule
 from lightsum.data.sequences import check_fits
 from lightsum.errors import OneLineParserErrors, one_line_errors
-from lightsum.run_folders import resume_in_latest_version, slurm_job_id, stable_slurm_run
+from lightsum.run_folders import (
+    checkpoint_to_evaluate,
+    log_into_run_of,
+    resume_in_latest_version,
+    slurm_job_id,
+    stable_slurm_run,
+)
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_EVALUATING = ("validate", "test", "predict")
 _DESCRIPTION = (
-    "Train and evaluate digit-sum classifiers on imbalanced data. One more subcommand, not listed "
-    "below: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
+    "Train and evaluate digit-sum classifiers on imbalanced data (lightsum's own options, --model.* and "
+    "--data.*, are listed first in each subcommand's --help). validate, test and predict score "
+    "--ckpt_path, by default the best checkpoint of the newest run of the config's name. One more "
+    "subcommand: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
     "(`lightsum report --help`)."
 )
-# Lightning's advice to add sync_dist=True to epoch-level logging under DDP: lightsum's epoch values
-# are global already (torchmetrics syncs on compute, scores are gathered), so it would only
-# average identical numbers again.
-_NOISE = (r"It is recommended to use `self.log\('(train|val|test)/",)
+# Notices a lightsum user cannot act on, silenced in the entry point (never at import).
+_NOISE_WARNINGS = (
+    # lightsum's epoch values are global already (torchmetrics syncs on compute, scores are
+    # gathered): Lightning's advice to add sync_dist=True would average identical numbers again.
+    r"It is recommended to use `self.log\('(train|val|test)/",
+    r".*isinstance\(treespec, LeafSpec\)",  # Lightning's use of a torch deprecation
+    r"The dirpath has changed from",  # a checkpoint evaluated from another run folder
+    r"Checkpoint directory .* exists and is not empty",  # lightsum continues a run folder on purpose
+    r"\s*(``)?(ArgumentParser\.)?(skip_none|instantiate_classes|add_instantiator)",  # Lightning's use of jsonargparse
+    r"\s*By default only one JsonargparseDeprecationWarning",
+    r"LightningCLI's args parameter",
+)
+_NOISE_LOGS = ("💡 Tip:",)  # Lightning's advertisements for its cloud services
 
 
 class SumParser(OneLineParserErrors, LightningArgumentParser):
@@ -40,16 +61,25 @@ class SumParser(OneLineParserErrors, LightningArgumentParser):
 
 
 class SumCLI(LightningCLI):
-    """LightningCLI with linked data/model arguments, the two checkpoint callbacks, TensorBoard
-    figures, the predictions writer, early checks of a given checkpoint and of predict's files,
-    and run folders that a resumed or requeued fit continues."""
+    """LightningCLI with lightsum's options first, linked data/model arguments, the two checkpoint
+    callbacks, TensorBoard figures, the predictions writer, the checkpoint that evaluations score,
+    run folders that a resumed or requeued fit continues, and a summary at the end of ``fit``."""
 
     def __init__(self, *args: Any, only: Sequence[str] = _SUBCOMMANDS, **kwargs: Any) -> None:
         self.only = only
+        self.command_line = sys.argv[1:] if kwargs.get("args") is None else list(kwargs["args"])
         super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in self.only}
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # As LightningCLI's own, but model and data first: their options open each --help, ahead of
+        # the Trainer's ~500 lines.
+        parser.add_lightning_class_args(SumClassifier, "model")
+        parser.add_lightning_class_args(SumDataModule, "data")
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The model must read sequences the way the data module serves them.
@@ -77,8 +107,12 @@ class SumCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        # Checked here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
-        config = self.active_config()
+        # Here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
+        config, subcommand = self.active_config(), self.config.get("subcommand")
+        if subcommand in _EVALUATING:
+            config.ckpt_path, note = checkpoint_to_evaluate(config, subcommand)
+            if note:
+                print_note(note)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_checkpoint(ckpt_path)
@@ -92,9 +126,12 @@ class SumCLI(LightningCLI):
             config.trainer.callbacks = [
                 c for c in config.trainer.callbacks if not str(c.get("class_path", "")).endswith("ProgressBar")
             ]
-        if self.subcommand == "predict":  # before the trainer's logger makes a run folder
+        if self.subcommand in ("validate", "test"):
+            log_into_run_of(config, config.ckpt_path)  # metrics beside the training curves they score
+        if self.subcommand == "predict":
+            config.trainer.logger = False  # predictions are a file, not a TensorBoard run
             target = prediction_target(config.predictions.get("path"), config.data.get("predict_path"))
-            if target is not None:
+            if target is not None:  # before anything is computed
                 check_target(target, config.data.get("predict_path"))
         job_id = slurm_job_id()
         if self.subcommand == "fit" and job_id is not None:
@@ -104,13 +141,36 @@ class SumCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "predict":
-            self.datamodule.load_predict_file()  # a bad file is refused before any run folder exists
+            self.datamodule.load_predict_file()  # a bad file is refused before anything runs
         # Lightning calls every hook of every callback at every step: keep only those in use.
         self.trainer.callbacks = [
             c for c in self.trainer.callbacks
             if not (isinstance(c, PredictionCSV) and self.subcommand != "predict")
             and not (isinstance(c, EvaluationFigures) and not c.every_n_epochs)
         ]
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.log_dir and self.trainer.checkpoint_callback is not None:
+            from lightsum.report import fit_summary  # reads the run's event files
+
+            print(fit_summary(Path(self.trainer.log_dir), self.trainer.checkpoint_callback, config_args(self.command_line)),
+                  flush=True)
+
+
+def config_args(argv: Sequence[str]) -> list[str]:
+    """The ``--config FILE`` arguments of a command line, to repeat in the commands that follow it."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            out += ["--config", argv[i + 1]]
+        elif arg.startswith("--config="):
+            out += ["--config", arg.split("=", 1)[1]]
+    return out
+
+
+@rank_zero_only
+def print_note(text: str) -> None:
+    print(f"lightsum: {text}", file=sys.stderr, flush=True)
 
 
 def check_checkpoint(path: str) -> None:
@@ -133,7 +193,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
             ready for a benchmark to drive.
     """
     default = {"default_config_files": [str(DEFAULT_CONFIG)]}
-    argv = sys.argv[1:] if args is None else args
+    argv = sys.argv[1:] if args is None else list(args)
     # Each subcommand's parser reads the Trainer's whole signature (~0.3 s apiece on a small CPU):
     # build only the one asked for (all of them for `lightsum --help`).
     only = argv[:1] if argv[:1] and argv[0] in _SUBCOMMANDS else _SUBCOMMANDS
@@ -142,14 +202,35 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
         SumDataModule,
         args=args,
         run=run,
+        only=only,
         trainer_defaults={"callbacks": [HparamsSession(), RandomStates(), TrainLoss()]},
         parser_class=SumParser,
-        # The packaged default applies first; any --config stacks on top of it.
-        only=only,
-        parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION} if run else default,
-        # A requeued or repeated run writes config.yaml again into the same folder.
+        parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION, "prog": "lightsum"} if run else default,
+        # config.yaml records how a run was trained: fit writes it (again, into the same folder, for
+        # a requeued or resumed run); evaluations leave it alone.
+        save_config_callback=SaveConfigCallback if "fit" in only else None,
         save_config_kwargs={"overwrite": True},
     )
+
+
+@contextmanager
+def quiet_notices() -> Iterator[None]:
+    """Filters the notices of ``_NOISE_WARNINGS`` and ``_NOISE_LOGS`` while the command runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE_LOGS)
+
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")]
+    with warnings.catch_warnings():
+        for message in _NOISE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        for logger in loggers:
+            logger.addFilter(keep)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(keep)
 
 
 def main(args: list[str] | None = None) -> SumCLI | None:
@@ -159,9 +240,7 @@ def main(args: list[str] | None = None) -> SumCLI | None:
         args: command-line arguments; ``None`` reads ``sys.argv``.
     """
     argv = sys.argv[1:] if args is None else args
-    with one_line_errors(), warnings.catch_warnings():
-        for message in _NOISE:
-            warnings.filterwarnings("ignore", message=message)
+    with one_line_errors(), quiet_notices():
         if argv[:1] == ["report"]:  # not a Trainer method, so not a LightningCLI subcommand
             from lightsum.report import report_main
 

@@ -7,6 +7,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,7 +15,9 @@ from lightsum.errors import OneLineParserErrors
 from lightsum.events import read_scalars
 
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
-TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "balanced_accuracy", "auroc")
+# The miss counts tell 0.997 from 0.9995; class 1's AP is ~1 at 98.8% prevalence, so the minority's.
+TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "average_precision_0", "auroc")
+COUNTS = ("missed_0", "missed_1", "sequences")
 
 
 @dataclass
@@ -34,14 +37,17 @@ class Run:
 
     @property
     def best(self) -> dict[str, float]:
-        """Validation metrics of the epoch with the highest val/min_recall (the first of ties, as
-        ModelCheckpoint keeps), with ``epoch`` and ``epochs`` (validation epochs run)."""
-        scores = self.by_epoch("val/min_recall")
+        """Every validation metric (``val/`` dropped) at the epoch with the highest val/min_recall
+        (the first of ties, as ModelCheckpoint keeps), with ``epoch`` and ``epochs`` (validation
+        epochs run)."""
+        scores = self.series.get("val/min_recall", [])
         if not scores:
             return {"epochs": 0}
         i = max(range(len(scores)), key=lambda k: (scores[k][1], -k))
-        row = {m: self.by_epoch(f"val/{m}")[i][1] for m in TABLE_METRICS if len(self.by_epoch(f"val/{m}")) > i}
-        return {**row, "epoch": scores[i][0], "epochs": len(scores)}
+        step = scores[i][0]
+        row = {tag[4:]: dict(points)[step] for tag, points in self.series.items()
+               if tag.startswith("val/") and step in dict(points)}
+        return {**row, "epoch": self.by_epoch("val/min_recall")[i][0], "epochs": len(scores)}
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -124,42 +130,75 @@ def table(runs: list[Run]) -> str:
     for run in runs:
         best = run.best
         cells = [run.name, run.strategy]
-        cells += [f"{best[m]:.4f}" if m in best else "-" for m in TABLE_METRICS]
+        cells += ["-" if m not in best else f"{best[m]:.0f}" if m in COUNTS else f"{best[m]:.4f}" for m in TABLE_METRICS]
         cells += [str(best.get("epoch", "-")), str(best["epochs"]), f"{run.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(run: Run, out: Path) -> None:
-    """The original notebook's figure for one run: loss per epoch (train dashed, validation solid)
-    on the left axis, validation accuracy and per-class recall on a twin axis."""
+    """One run's figure: loss per epoch (train dashed, validation solid) beside the validation
+    sequences of each class classified wrong, both on log axes, where a good run's differences
+    live (recalls of 0.997 and 0.9995 both sit at 1.0 on a 0-1 axis; 28 and 4 misses do not)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for tag, style, label in (("train/loss_epoch", "--", "train loss"), ("val/loss", "-", "validation loss")):
+    loss, missed = fig.subplots(1, 2)
+    for tag, style, label in (("train/loss_epoch", "--", "train"), ("val/loss", "-", "validation")):
         points = run.by_epoch(tag)
         if points:
-            ax.plot(*zip(*points), style, color="tab:red", label=label, marker="." if len(points) < 30 else None)
-    ax.set(xlabel="epoch", ylabel="binary cross-entropy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_yscale("log")  # losses of a good run span decades
-    twin = ax.twinx()
-    for tag, color, label in (("val/accuracy", "black", "accuracy"),
-                              ("val/recall_0", "tab:blue", "recall class 0 (minority)"),
-                              ("val/recall_1", "tab:green", "recall class 1")):
-        points = run.by_epoch(tag)
+            loss.plot(*zip(*points), style, color="tab:red", label=label, marker="." if len(points) < 30 else None)
+    loss.set(xlabel="epoch", ylabel="binary cross-entropy", yscale="log", title="loss")
+    sizes = run.best
+    for cls, color, name in ((0, "tab:blue", "class 0 (minority)"), (1, "tab:green", "class 1")):
+        points = run.by_epoch(f"val/missed_{cls}")
+        if not points:  # a run logged before miss counts: 1 - recall shows the same shape
+            points = [(e, 1 - v) for e, v in run.by_epoch(f"val/recall_{cls}")]
         if points:
-            twin.plot(*zip(*points), "-", color=color, label=label, alpha=0.85)
-    twin.set(ylabel="validation accuracy / recall", ylim=(-0.02, 1.02))
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    twin.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
-    ax.set_title(f"{run.name}: {run.strategy}", fontsize=10)
+            missed.plot(*zip(*points), "-", color=color, label=name, marker="." if len(points) < 30 else None)
+    ylabel = "validation sequences missed" if "val/missed_0" in run.series else "validation 1 - recall"
+    # symlog: linear below 1, so an epoch without a miss still shows (at 0).
+    missed.set(xlabel="epoch", ylabel=ylabel, yscale="symlog", ylim=(0, None), title="errors per class")
+    if "sequences" in sizes:
+        missed.set_title(f"errors per class ({sizes['sequences']:.0f} validation sequences)")
+    for ax in (loss, missed):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{run.name}: {run.strategy}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out)
+
+
+def fit_summary(run_dir: Path, best: Any, configs: list[str]) -> str:
+    """What ``fit`` prints at its end: the run folder, the best checkpoint with its validation
+    figures, last.ckpt, and the commands to run next.
+
+    Args:
+        run_dir: the run folder.
+        best: the ``ModelCheckpoint`` that keeps the best checkpoint (``best_model_path``).
+        configs: the ``--config FILE`` arguments of the fit, repeated in the next commands.
+    """
+    run = read_run(run_dir)
+    values = run.best
+    last = run_dir / "checkpoints" / "last.ckpt"
+    lines = [f"lightsum: fit finished: {run_dir} ({values['epochs']} validated epochs, {run.seconds:.0f} s of training)"]
+    if best.best_model_path:
+        lines += [f"  best checkpoint  {best.best_model_path}  (epoch {values.get('epoch')}, by val/min_recall)",
+                  "    val " + "  ".join(f"{m} {values[m]:.5f}" for m in ("recall_0", "recall_1", "min_recall") if m in values)
+                  + (f"  missed {values['missed_0']:.0f} + {values['missed_1']:.0f} of {values['sequences']:.0f}"
+                     if "missed_0" in values else "")
+                  + (f"  decision threshold {values['decision_threshold']:.4g}" if "decision_threshold" in values else "")]
+    if last.is_file():
+        lines.append(f"  last checkpoint  {last}  (continue training: the same command with --ckpt_path last)")
+    lines += ["next:",
+              "  " + " ".join(["python -m lightsum test", *configs, "--ckpt_path", best.best_model_path or str(last)]),
+              f"  python -m lightsum report {run_dir}",
+              f"  tensorboard --logdir {run_dir.parent.parent}"]
+    return "\n".join(lines)
 
 
 class ReportParser(OneLineParserErrors, argparse.ArgumentParser):

@@ -1,4 +1,5 @@
-"""Which run folder and checkpoint a fit continues: after ``--ckpt_path last`` and on SLURM requeues."""
+"""Run folders (``<save_dir>/<name>/<version>/``): which one a fit continues (``--ckpt_path last``,
+SLURM requeues), which checkpoint ``validate``, ``test`` and ``predict`` evaluate, and where they log."""
 
 from __future__ import annotations
 
@@ -39,6 +40,53 @@ def stable_slurm_run(config: Any, job_id: str) -> None:
         found = [*run_dir.glob("hpc_ckpt_*.ckpt"), *run_dir.glob("checkpoints/last.ckpt")]
         if found:
             config.ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def runs_root(config: Any) -> Path:
+    """``<save_dir>/<name>``: where the config's TensorBoard logger keeps its runs."""
+    args = getattr(config.trainer.get("logger"), "init_args", None) or {}
+    return Path(args.get("save_dir") or config.trainer.get("default_root_dir") or ".") / (args.get("name") or "")
+
+
+def checkpoint_to_evaluate(config: Any, command: str) -> tuple[str, str | None]:
+    """The checkpoint ``command`` (validate, test, predict) scores, and a note saying which, if it
+    was chosen here: ``--ckpt_path`` as given, or, without one (or with ``best`` / ``last``), that
+    checkpoint of the newest run of the config's name (the run whose checkpoints were written last).
+
+    Raises:
+        ValueError: no such checkpoint: scoring an untrained model would report garbage.
+    """
+    given = config.get("ckpt_path")
+    if given not in (None, "best", "last"):
+        return given, None
+    kind, root = given or "best", runs_root(config)
+    pattern = "best-*.ckpt" if kind == "best" else "last.ckpt"
+    runs = [run for run in root.glob("*") if any(run.glob(f"checkpoints/{pattern}"))]
+    if not runs:
+        raise ValueError(f"{command} scores a trained model, and there is no {pattern} under {root}/*/checkpoints: "
+                         f"run `lightsum fit` with the same --config first, or pass --ckpt_path PATH")
+    newest = max(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("checkpoints/*.ckpt")))
+    path = max(newest.glob(f"checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
+    return str(path), f"{command} uses {path}, the {kind} checkpoint of the newest run in {root} (--ckpt_path to choose another)"
+
+
+def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The run folder a checkpoint was saved in (``<run>/checkpoints/x.ckpt``, or ``<run>/hpc_ckpt_N.ckpt``
+    under SLURM), recognised by its TensorBoard event files; None for a checkpoint kept elsewhere."""
+    path = Path(checkpoint).absolute()
+    for folder in (path.parent.parent, path.parent) if path.parent.name == "checkpoints" else (path.parent,):
+        if any(folder.glob("events.out.tfevents.*")):
+            return folder
+    return None
+
+
+def log_into_run_of(config: Any, checkpoint: str) -> None:
+    """Point the TensorBoard logger at the checkpoint's run folder, so that ``validate`` and ``test``
+    add their metrics to the run they score instead of making a run of their own."""
+    args = getattr(config.trainer.get("logger"), "init_args", None)
+    run = run_folder_of(checkpoint)
+    if args is not None and run is not None:
+        args["save_dir"], args["name"], args["version"] = str(run.parent.parent), run.parent.name, run.name
 
 
 def resume_in_latest_version(config: Any) -> None:

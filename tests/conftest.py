@@ -37,12 +37,15 @@ def lightsum_process(*args: str, cwd: Path = REPO, timeout: float = 300, **kwarg
 
 
 def log_attempt(run_dir: Path, epochs: dict[int, tuple[float, float]], name: str) -> None:
-    """One attempt of a run, as Lightning logs it: per validated epoch, val/recall_0, val/recall_1,
-    val/min_recall and epoch at the step the epoch ended; the event file renamed to ``name``."""
+    """One attempt of a fit, as Lightning logs it: per validated epoch of 10 steps, train/loss at
+    each step, and val/recall_0, val/recall_1, val/min_recall and epoch at the step the epoch
+    ended; the event file renamed to ``name``."""
     before = set(run_dir.glob("events.out.tfevents.*"))
     writer = SummaryWriter(run_dir)
     for epoch, (recall_0, recall_1) in epochs.items():
         step = 10 * epoch + 9
+        for s in range(10 * epoch, step + 1):
+            writer.add_scalar("train/loss", 1 / (s + 1), s)
         for tag, value in (("val/recall_0", recall_0), ("val/recall_1", recall_1),
                            ("val/min_recall", min(recall_0, recall_1)), ("epoch", epoch)):
             writer.add_scalar(tag, value, step)

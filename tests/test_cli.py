@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from conftest import CONFIGS, REPO, lightsum_process, scalars, tiny
 from lightsum import SumClassifier
 from lightsum.cli import DEFAULT_CONFIG, main
@@ -73,9 +75,12 @@ def test_hparams_tab_lists_val_metrics(run_root: Path) -> None:
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    tags = {m.name.tag for m in experiment.metric_infos}
-    assert {"val/min_recall", "val/recall_0", "val/recall_1"} <= tags
-    assert "hidden_size" in {h.name for h in experiment.hparam_infos}
+    # Five metrics (the columns TensorBoard shows unasked), every model and data argument.
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/min_recall", "val/recall_0", "val/recall_1",
+                                                            "val/missed_0", "val/missed_1"]
+    names = {h.name for h in experiment.hparam_infos}
+    assert {f"model.{k}" for k in cli.model.hparams if not k.startswith("_")} <= names
+    assert {f"data.{k}" for k in cli.datamodule.hparams if not k.startswith("_")} <= names
     # No placeholder value at step 0 on the real curve.
     assert len(scalars(Path(cli.trainer.log_dir))["val/min_recall"]) == 1
 
@@ -91,15 +96,44 @@ def test_resume_from_last_continues_the_same_run(run_root: Path) -> None:
     assert steps == list(range(second.trainer.global_step))  # one continuous curve, no restart
 
 
-def test_test_on_best_checkpoint_and_reload(run_root: Path) -> None:
+def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
+        run_root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.callbacks.figures import ConfusionMatrixPicture
+
+    titles = []
+    draw = ConfusionMatrixPicture.__call__
+    monkeypatch.setattr(ConfusionMatrixPicture, "__call__", lambda self, m, title: titles.append(title) or draw(self, m, title))
     cli = main(["fit", *tiny(run_root)])
     best = cli.trainer.checkpoint_callback.best_model_path
-    assert Path(best).name.startswith("best-")
-    test_cli = main(["test", *tiny(run_root), f"--ckpt_path={best}"])
+    run_dir = Path(cli.trainer.log_dir)
+    summary = capsys.readouterr().out.split("lightsum: fit finished: ")[1].splitlines()
+    epoch = int(Path(best).stem.split("=")[1])
+    val = {tag: dict(points) for tag, points in scalars(run_dir).items()}
+    step = next(s for s, e in scalars(run_dir)["epoch"] if e == epoch and s in val["val/min_recall"])
+    assert summary[0].startswith(f"{run_dir} (2 validated epochs")
+    assert summary[1] == f"  best checkpoint  {best}  (epoch {epoch}, by val/min_recall)"
+    assert f"min_recall {val['val/min_recall'][step]:.5f}" in summary[2]
+    assert f"decision threshold {val['val/decision_threshold'][step]:.4g}" in summary[2]
+    assert summary[3].startswith(f"  last checkpoint  {run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert summary[5] == f"  python -m lightsum test --ckpt_path {best}"
+
+    # Without --ckpt_path, test scores that best checkpoint, says so, and logs into its run folder.
+    test_cli = main(["test", *tiny(run_root)])
+    assert f"lightsum: test uses {best}, the best checkpoint of the newest run" in capsys.readouterr().err
+    assert sorted(p.name for p in run_root.glob("default/*")) == [run_dir.name]  # no run of its own
+    assert titles[-1].startswith(f"test, epoch {epoch}, threshold")  # the checkpoint's epoch
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    assert [i.step for i in acc.Images("test/confusion_matrix")] == [step]
+    assert not (run_dir / "config.yaml").read_text().count("ckpt_path: " + best)  # fit's config kept
     metrics = test_cli.trainer.callback_metrics
-    for name in ("test/recall_0", "test/recall_1", "test/min_recall", "test/accuracy", "test/auroc",
-                 "test/average_precision", "test/balanced_accuracy"):
+    for name in ("test/recall_0", "test/recall_1", "test/min_recall", "test/accuracy", "test/auroc", "test/missed_0",
+                 "test/missed_1", "test/average_precision_0", "test/average_precision_1", "test/balanced_accuracy"):
         assert name in metrics
+        assert scalars(run_dir)[name] == [(step, pytest.approx(float(metrics[name])))]  # beside its epoch's val point
+    # The miss counts are the recalls' complements, in sequences.
+    labels = test_cli.datamodule.test_set.labels
+    assert float(metrics["test/missed_0"]) == round((1 - float(metrics["test/recall_0"])) * int((labels == 0).sum()))
     # Reloaded model gives the in-memory model's probabilities.
     model = SumClassifier.load_from_checkpoint(best)
     digits = torch.randint(0, 10, (64, 30), generator=torch.Generator().manual_seed(1))
@@ -111,6 +145,60 @@ def test_test_on_best_checkpoint_and_reload(run_root: Path) -> None:
     preds = torch.as_tensor(model.predict(dm.test_set.digits))
     accuracy = (preds == dm.test_set.labels.long()).float().mean()
     assert float(metrics["test/accuracy"]) == pytest.approx(float(accuracy), abs=1e-6)
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_evaluations_refuse_without_a_trained_model(command: str, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *tiny(run_root)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lightsum: error: {command} scores a trained model, and there is no best-*.ckpt under "
+        f"{run_root / 'default'}/*/checkpoints: run `lightsum fit` with the same --config first, or pass --ckpt_path PATH")
+    assert not run_root.exists()
+
+
+def test_help_names_lightsum_and_opens_on_its_own_options(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: lightsum [options] fit")
+    assert text.index("--model.hidden_size") < text.index("--data.sampling") < text.index("--trainer.max_epochs")
+    assert text.index("\n  --model.hidden_size") < text.index("\n  --trainer.max_epochs")  # the option lists too
+
+
+def test_notices_users_cannot_act_on_are_silenced(run_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    import pytorch_lightning as pl
+
+    caplog.set_level("INFO")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", *tiny(run_root, epochs=1)])
+        through_cli, logged_through_cli = [str(w.message) for w in caught], [r.getMessage() for r in caplog.records]
+        caught.clear()
+        caplog.clear()
+        pl.Trainer(logger=False, enable_progress_bar=False, max_epochs=1, enable_checkpointing=False).fit(
+            cli_free_model(), datamodule=cli_free_data())
+        without, logged_without = [str(w.message) for w in caught], [r.getMessage() for r in caplog.records]
+    assert any("GPU available" in m for m in logged_through_cli)  # Lightning's information stays
+    assert any(m.startswith("💡") for m in logged_without) and not any(m.startswith("💡") for m in logged_through_cli)
+    assert any("LeafSpec" in m for m in without) and not any("LeafSpec" in m for m in through_cli)
+
+
+def cli_free_model():
+    class Model(SumClassifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Model(hidden_size=4)
+
+
+def cli_free_data():
+    from lightsum import SumDataModule
+
+    return SumDataModule(num_samples=600, test_samples=500)
 
 
 # One case per place a mistake is caught; every argument's own rule is tested beside its class

@@ -35,3 +35,19 @@ def test_report_counts_a_resumed_runs_relogged_epochs_once(tmp_path: Path) -> No
     log_attempt(abandoned, {2: (0.8, 0.85)}, "events.out.tfevents.1700000100.node-2.77.0")
     run = read_run(abandoned)
     assert run.best == pytest.approx({"recall_0": 0.8, "recall_1": 0.85, "min_recall": 0.8, "epoch": 2, "epochs": 3})
+
+
+def test_a_test_or_validate_file_adds_its_points_and_no_training_time(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "default" / "version_0"
+    run.mkdir(parents=True)
+    log_attempt(run, {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.95)}, "events.out.tfevents.1700000000.node.1.0")
+    trained = read_scalars(run)
+    with SummaryWriter(run, filename_suffix=".test") as writer:  # what `test` and `validate` add
+        writer.add_scalar("test/min_recall", 0.66, 18)
+        writer.add_scalar("val/min_recall", 0.6, 19)  # validate: epoch 1 again, at its step
+    scalars = read_scalars(run)
+    assert scalars.series["val/min_recall"] == [(9, 0.5), (19, pytest.approx(0.6)), (29, pytest.approx(0.7))]
+    assert scalars.series["test/min_recall"] == [(18, pytest.approx(0.66))]
+    assert scalars.seconds == trained.seconds

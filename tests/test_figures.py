@@ -103,7 +103,7 @@ def test_a_real_tensorboard_server_shows_the_run(run_dir: Path) -> None:
         assert {"val/pr_curve_class_0", "val/pr_curve_class_1"} <= set(get_json(f"{base}/plugin/pr_curves/tags")[run])
         experiment = get_json(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
         assert "val/min_recall" in {m["name"]["tag"] for m in experiment["metricInfos"]}
-        assert "hidden_size" in {h["name"] for h in experiment["hparamInfos"]}
+        assert {"model.hidden_size", "data.sampling"} <= {h["name"] for h in experiment["hparamInfos"]}
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -57,9 +57,10 @@ def test_predict_npy_to_a_chosen_path_and_the_test_set(checkpoint: Path, tmp_pat
     main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
           f"--predictions.path={out}"])
     assert len(read_predictions(out)) == len(DIGITS)
-    # Without predict_path: the generated test set, into the run folder.
+    # Without predict_path: the generated test set, into the checkpoint's run folder; no run of its own.
     main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}"])
-    assert len(read_predictions(next((tmp_path / "logs").rglob("predictions.csv")))) == 500
+    assert len(read_predictions(checkpoint.parent.parent / "predictions.csv")) == 500
+    assert not (tmp_path / "logs").exists()
 
 
 @pytest.mark.slow

@@ -27,13 +27,36 @@ def test_report_draws_a_figure_and_a_table(run_dir: Path, tmp_path: Path, capsys
     cells = [c.strip() for c in row.strip("|").split("|")]
     series = scalars(run_dir)
     best = max(range(EPOCHS), key=lambda i: (series["val/min_recall"][i][1], -i))
-    expected = [f"{series[f'val/{m}'][best][1]:.4f}" for m in ("recall_0", "recall_1", "min_recall", "balanced_accuracy", "auroc")]
+    expected = [f"{series[f'val/{m}'][best][1]:{'.0f' if m.startswith('missed') else '.4f'}}"
+                for m in ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "average_precision_0", "auroc")]
+    assert table.splitlines()[0] == ("| run | strategy | recall_0 | recall_1 | min_recall | missed_0 | missed_1 | "
+                                     "average_precision_0 | auroc | best epoch | epochs | seconds |")
     assert cells[1] == "oversample 1.0, threshold tuned"
-    assert cells[2:7] == expected
-    assert cells[7:9] == [str(best), str(EPOCHS)]
+    assert cells[2:9] == expected
+    assert cells[9:11] == [str(best), str(EPOCHS)]
     # The best epoch is the one the best checkpoint holds.
     assert (run_dir / "checkpoints" / f"best-epoch={best:03d}.ckpt").is_file()
-    assert 0 < float(cells[9]) < 120
+    assert 0 < float(cells[11]) < 120
+
+
+def test_a_runs_figure_shows_errors_per_class_on_a_log_axis(run_dir: Path, tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from lightsum import report
+
+    drawn = {}
+    original = Figure.savefig
+    Figure.savefig = lambda fig, out, **kw: drawn.setdefault("fig", fig) and original(fig, out, **kw)
+    try:
+        report.plot(report.read_run(run_dir), tmp_path / "x.png")
+    finally:
+        Figure.savefig = original
+    loss, missed = drawn["fig"].axes
+    assert loss.get_yscale() == "log" and missed.get_yscale() == "symlog"
+    lines = {line.get_label(): list(line.get_ydata()) for line in missed.get_lines()}
+    series = scalars(run_dir)
+    assert lines == {"class 0 (minority)": [v for _, v in series["val/missed_0"]],
+                     "class 1": [v for _, v in series["val/missed_1"]]}
 
 
 def test_report_compares_every_run_under_a_folder(run_dir: Path, tmp_path: Path) -> None:

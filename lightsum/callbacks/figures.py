@@ -8,6 +8,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.functional.classification import binary_confusion_matrix
 
+from lightsum.classifier import evaluated_at
 from lightsum.errors import check_arguments
 
 _RULES = {"every_n_epochs": (lambda v: v >= 0, ">= 0 (0: no figures)"), "pr_thresholds": (lambda v: v >= 2, ">= 2")}
@@ -50,14 +51,12 @@ class EvaluationFigures(pl.Callback):
         probs, target = (t.detach().float().cpu() for t in outputs)
         threshold = float(pl_module.decision_threshold)
         matrix = binary_confusion_matrix((probs >= threshold).long(), target.long()).numpy()
-        # The step Lightning logs this evaluation's scalars at: validation inside fit at the index of
-        # the optimizer step just taken, any other evaluation at the number of steps so far.
-        step = max(trainer.global_step - 1, 0) if trainer.state.fn == "fit" else trainer.global_step
+        epoch, step = evaluated_at(pl_module)  # where this evaluation's scalars are too
         for writer in writers:
             for cls, (labels, scores) in enumerate(((target == 0, 1 - probs), (target == 1, probs))):
                 writer.add_pr_curve(f"{stage}/pr_curve_class_{cls}", labels.numpy(), scores.numpy(), step,
                                     num_thresholds=self.pr_thresholds)
-            image = self._image(matrix, f"{stage}, epoch {trainer.current_epoch}, threshold {threshold:.3g}")
+            image = self._image(matrix, f"{stage}, epoch {epoch}, threshold {threshold:.3g}")
             if image is not None:
                 writer.add_image(f"{stage}/confusion_matrix", image, step, dataformats="HWC")
             else:

@@ -6,12 +6,17 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-# Metrics shown beside the hyperparameters in TensorBoard's HPARAMS tab.
-HPARAM_METRICS = ("val/min_recall", "val/recall_0", "val/recall_1", "val/balanced_accuracy", "val/accuracy", "val/auroc")
+# Metrics shown beside the hyperparameters in TensorBoard's HPARAMS tab: five, the number of
+# columns it shows unasked (per-class miss counts tell 0.997 from 0.9995).
+HPARAM_METRICS = ("val/min_recall", "val/recall_0", "val/recall_1", "val/missed_0", "val/missed_1")
 
 
 class HparamsSession(pl.Callback):
-    """Declares the run's hyperparameters and validation metrics to TensorBoard's HPARAMS tab.
+    """Declares the run's hyperparameters (every ``model.*`` and ``data.*`` argument) and validation
+    metrics to TensorBoard's HPARAMS tab.
+
+    TensorBoard ticks 5 hyperparameter columns unasked, those that differ between the runs shown
+    first (the rest are one click away in its left pane).
 
     Lightning's own ``log_hyperparams(params, metrics)`` writes the metrics as scalars at step 0,
     which would put a fake point on every validation curve. Writing the session summaries
@@ -21,7 +26,7 @@ class HparamsSession(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
-        params = {**pl_module.hparams}
+        params = {f"model.{k}": v for k, v in pl_module.hparams.items()}
         if trainer.datamodule is not None:
             params.update({f"data.{k}": v for k, v in trainer.datamodule.hparams.items()})
         # TensorBoard accepts only numbers, strings and booleans; "_instantiator" is Lightning's bookkeeping.

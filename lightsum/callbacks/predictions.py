@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from lightsum.atomic import AtomicFile
+from lightsum.run_folders import run_folder_of
 
 
 def prediction_target(path: str | os.PathLike | None, source: str | os.PathLike | None) -> Path | None:
@@ -48,7 +49,7 @@ class PredictionCSV(BasePredictionWriter):
 
     Args:
         path: output file. Default: ``<input>.predictions.csv`` beside ``data.predict_path``, or
-            ``predictions.csv`` in the run folder when predicting the generated test set.
+            ``predictions.csv`` in the checkpoint's run folder when predicting the generated test set.
     """
 
     def __init__(self, path: str | None = None) -> None:
@@ -63,7 +64,8 @@ class PredictionCSV(BasePredictionWriter):
         return trainer.datamodule.hparams.get("predict_path") if trainer.datamodule is not None else None
 
     def output_path(self, trainer: pl.Trainer) -> Path:
-        return prediction_target(self.path, self.source(trainer)) or Path(trainer.log_dir or ".") / "predictions.csv"
+        run = run_folder_of(trainer.ckpt_path) if trainer.ckpt_path else None
+        return prediction_target(self.path, self.source(trainer)) or (run or Path(trainer.default_root_dir)) / "predictions.csv"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:

@@ -31,7 +31,7 @@ def main() -> None:
     model = SumClassifier.load_from_checkpoint(opts.checkpoint, map_location="cpu")
     seq_len = model.hparams.seq_len
     # The threshold of the label lives in the data config saved beside the model's hyperparameters.
-    ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
     threshold = ckpt.get("datamodule_hyper_parameters", {}).get("threshold", 100)
     g = torch.Generator().manual_seed(opts.seed)
 

@@ -7,13 +7,18 @@ A kill at any moment leaves the target either as it was or complete, never parti
 from __future__ import annotations
 
 import glob
+import io
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
+
+from lightsum.errors import CannotWrite
 
 
 def _partial_name(name: str, pid: str) -> str:
@@ -26,6 +31,8 @@ class AtomicFile:
 
     As a context manager: commits when the block ends normally, removes the partial file when it
     raises. ``open()`` first removes the partial files that killed writers left beside the target.
+    An OS error (a full disk, no permission) in ``open``, ``write`` or ``commit`` removes the
+    partial file and raises ``CannotWrite`` naming the target: the target stays as it was.
 
     Args:
         target: the file to write.
@@ -42,34 +49,52 @@ class AtomicFile:
         self.file: IO[Any] | None = None
 
     def open(self) -> IO[Any]:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphans(self.target.parent, self.orphans)
-        self.file = open(self.partial, self.mode)
+        with self._failing_cleanly():
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            remove_orphans(self.target.parent, self.orphans)
+            self.file = open(self.partial, self.mode)
         return self.file
+
+    def write(self, data: Any) -> None:
+        with self._failing_cleanly():
+            self.file.write(data)
 
     def commit(self) -> None:
         """fsync, rename over the target, fsync the folder (so the rename survives a power cut)."""
         assert self.file is not None, "commit() before open()"
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        self.file = None
-        os.replace(self.partial, self.target)
-        folder = os.open(self.target.parent, os.O_RDONLY)
+        with self._failing_cleanly():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+            os.replace(self.partial, self.target)
+            folder = os.open(self.target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+    @contextmanager
+    def _failing_cleanly(self) -> Iterator[None]:
         try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+            yield
+        except CannotWrite:
+            raise
+        except OSError as err:
+            self.abort()
+            raise CannotWrite(self.target, err) from None
 
     def abort(self) -> None:
         """Close and remove the partial file; the target stays as it was."""
         if self.file is not None:
-            self.file.close()
+            with suppress(OSError):  # closing flushes, which fails again on a full disk
+                self.file.close()
             self.file = None
         self.partial.unlink(missing_ok=True)
 
-    def __enter__(self) -> IO[Any]:
-        return self.open()
+    def __enter__(self) -> AtomicFile:
+        self.open()
+        return self
 
     def __exit__(self, kind: type | None, *_: Any) -> None:
         if kind is None:
@@ -106,10 +131,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
+        # Serialised in memory first: torch's zip writer turns a failing write (a full disk) into
+        # "unexpected pos ...", where a plain file write raises the OS error itself.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         # Any name: the best-*.ckpt a killed run was writing may never be written again.
-        with AtomicFile(path, orphans="*") as f:
-            self.write(checkpoint, f)
+        with AtomicFile(path, orphans="*") as out:
+            self.write(buffer.getbuffer(), out)
 
-    def write(self, checkpoint: dict[str, Any], f: IO[bytes]) -> None:
-        """Serialise ``checkpoint`` into the open partial file (a seam for tests)."""
-        torch.save(checkpoint, f)
+    def write(self, data: memoryview, out: AtomicFile) -> None:
+        """Write the serialised checkpoint into the open partial file (a seam for tests)."""
+        out.write(data)

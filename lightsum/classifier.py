@@ -74,6 +74,7 @@ class SumClassifier(pl.LightningModule):
         # One metric object per stage. Training streams counts (stat scores: sums on the device, no
         # host sync per step); evaluation keeps every score, to tune the threshold first.
         self.train_counts = BinaryStatScores(validate_args=False)  # inputs are 0/1 made here
+        self.train_counts.persistent(True)  # in checkpoints: a run resumed mid-epoch keeps its counts
         self.val_scores, self.test_scores = EvaluationScores(), EvaluationScores()
         # The last evaluation's gathered (probabilities, targets) per stage, for figure callbacks.
         self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
-import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, RandomStates, TrainLoss
+from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, Preemption, RandomStates, TrainLoss
 from lightsum.callbacks.predictions import check_target, prediction_target
+from lightsum.checkpoints import read_checkpoint
 from lightsum.classifier import SumClassifier
 from lightsum.data import SumDataModule
 from lightsum.data.sequences import check_fits
@@ -115,9 +113,7 @@ class SumCLI(LightningCLI):
                 print_note(note)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
-            check_checkpoint(ckpt_path)
-            hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-            check_fits(hparams, config.data, f" with {ckpt_path}")
+            check_fits(read_checkpoint(ckpt_path)["hyper_parameters"], config.data, f" with {ckpt_path}")
 
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
@@ -150,11 +146,11 @@ class SumCLI(LightningCLI):
         ]
 
     def after_fit(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.log_dir and self.trainer.checkpoint_callback is not None:
+        log_dir = self.trainer.log_dir  # every rank: under DDP it is a collective
+        if self.trainer.is_global_zero and log_dir and self.trainer.checkpoint_callback is not None:
             from lightsum.report import fit_summary  # reads the run's event files
 
-            print(fit_summary(Path(self.trainer.log_dir), self.trainer.checkpoint_callback, config_args(self.command_line)),
-                  flush=True)
+            print(fit_summary(Path(log_dir), self.trainer.checkpoint_callback, config_args(self.command_line)), flush=True)
 
 
 def config_args(argv: Sequence[str]) -> list[str]:
@@ -171,17 +167,6 @@ def config_args(argv: Sequence[str]) -> list[str]:
 @rank_zero_only
 def print_note(text: str) -> None:
     print(f"lightsum: {text}", file=sys.stderr, flush=True)
-
-
-def check_checkpoint(path: str) -> None:
-    """Fail early, in one line, on a missing or unreadable checkpoint."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"checkpoint is corrupt or not a torch checkpoint: {path}")
-    with zipfile.ZipFile(path) as archive:
-        if archive.testzip() is not None:
-            raise ValueError(f"checkpoint is corrupt (bad CRC): {path}")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
@@ -203,7 +188,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
         args=args,
         run=run,
         only=only,
-        trainer_defaults={"callbacks": [HparamsSession(), RandomStates(), TrainLoss()]},
+        trainer_defaults={"callbacks": [HparamsSession(), RandomStates(), TrainLoss(), Preemption()]},
         parser_class=SumParser,
         parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION, "prog": "lightsum"} if run else default,
         # config.yaml records how a run was trained: fit writes it (again, into the same folder, for

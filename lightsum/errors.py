@@ -14,9 +14,19 @@ from typing import Any, NoReturn
 
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-# What counts as the user's mistake. MisconfigurationException: Lightning's own check of a
-# combination of trainer settings.
-USER_ERRORS = (ValueError, FileNotFoundError, MisconfigurationException)
+class CannotWrite(OSError):
+    """A file lightsum writes could not be written (a full disk, no permission, ...): names the file."""
+
+    def __init__(self, path: object, error: OSError) -> None:
+        super().__init__(error.errno, f"cannot write {path}: {error.strerror or error}")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# What the user can act on: their mistakes, and the machine's limits. MisconfigurationException:
+# Lightning's own check of a combination of trainer settings.
+USER_ERRORS = (ValueError, FileNotFoundError, CannotWrite, MisconfigurationException)
 
 
 def debugging() -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from lightsum.atomic import AtomicFile
 from lightsum.errors import OneLineParserErrors
 from lightsum.events import read_scalars
 
@@ -159,18 +160,18 @@ def plot(run: Run, out: Path) -> None:
             points = [(e, 1 - v) for e, v in run.by_epoch(f"val/recall_{cls}")]
         if points:
             missed.plot(*zip(*points), "-", color=color, label=name, marker="." if len(points) < 30 else None)
-    ylabel = "validation sequences missed" if "val/missed_0" in run.series else "validation 1 - recall"
+    of = f" (of {sizes['sequences']:.0f})" if "sequences" in sizes else ""
+    ylabel = f"sequences missed{of}" if "val/missed_0" in run.series else "1 - recall"
     # symlog: linear below 1, so an epoch without a miss still shows (at 0).
-    missed.set(xlabel="epoch", ylabel=ylabel, yscale="symlog", ylim=(0, None), title="errors per class")
-    if "sequences" in sizes:
-        missed.set_title(f"errors per class ({sizes['sequences']:.0f} validation sequences)")
+    missed.set(xlabel="epoch", ylabel=ylabel, yscale="symlog", ylim=(0, None), title="validation errors per class")
     for ax in (loss, missed):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_lines():
             ax.legend(fontsize=8)
     fig.suptitle(f"{run.name}: {run.strategy}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out)
+    with AtomicFile(out) as png:  # a full disk leaves the previous figure, not half of a new one
+        fig.savefig(png, format="png")
 
 
 def fit_summary(run_dir: Path, best: Any, configs: list[str]) -> str:
@@ -254,6 +255,7 @@ def report_main(argv: list[str]) -> None:
     text = table(runs)
     note = ("Validation metrics at the epoch with the best val/min_recall (the best checkpoint); "
             "seconds: wall time from each event file's creation to its last scalar.")
-    (out / "report.md").write_text(f"{text}\n\n{note}\n")
+    with AtomicFile(out / "report.md", "w") as md:
+        md.write(f"{text}\n\n{note}\n")
     print(text)
     print(f"\nlightsum: wrote {out / 'report.md'}" + ("" if args.no_plots else f" and {len(runs)} figure(s)"))

@@ -54,6 +54,37 @@ def log_attempt(run_dir: Path, epochs: dict[int, tuple[float, float]], name: str
     new.rename(run_dir / name)
 
 
+class FullDisk:
+    """A file lightsum.atomic opens whose writes fail with ENOSPC once ``room`` bytes are written."""
+
+    def __init__(self, path, mode, room: int) -> None:
+        self.file, self.room = open(path, mode), room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            import errno
+
+            self.file.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch):
+    """``full_disk(room)``: from now on, files lightsum writes atomically fill the disk after ``room`` bytes."""
+    from lightsum import atomic
+
+    def fill(room: int) -> None:
+        monkeypatch.setattr(atomic, "open", lambda path, mode: FullDisk(path, mode, room), raising=False)
+
+    return fill
+
+
 @pytest.fixture
 def run_root(tmp_path: Path) -> Path:
     return tmp_path / "logs"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lightsum.atomic import AtomicCheckpointIO, AtomicFile
+from lightsum.errors import CannotWrite
 
 
 def dead_pid() -> int:
@@ -74,3 +75,35 @@ def test_killed_writers_partials_are_removed_live_and_foreign_ones_kept(tmp_path
     with AtomicFile(tmp_path / "out.csv", "w") as f:
         f.write("rows")
     assert other.exists() and not mine.exists()
+
+
+def test_a_full_disk_names_the_file_keeps_the_old_one_and_leaves_no_partial(tmp_path: Path, full_disk) -> None:
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, target)
+    full_disk(100)
+    with pytest.raises(CannotWrite, match=f"^cannot write {target}: No space left on device$"):
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(1000)}, target)
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and Lightning
+def test_a_real_os_error_while_writing_a_checkpoint(tmp_path: Path) -> None:
+    # A file-size limit makes the kernel refuse the write (EFBIG), as a full disk refuses it (ENOSPC).
+    script = f"""
+import resource, signal, torch
+from lightsum.atomic import AtomicCheckpointIO
+from lightsum.errors import CannotWrite
+io = AtomicCheckpointIO()
+io.save_checkpoint({{"step": 1}}, {str(tmp_path / 'last.ckpt')!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    io.save_checkpoint({{"step": 2, "w": torch.zeros(1_000_000)}}, {str(tmp_path / 'last.ckpt')!r})
+except CannotWrite as err:
+    print(err)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == f"cannot write {tmp_path / 'last.ckpt'}: File too large", proc.stderr
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

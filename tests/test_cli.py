@@ -212,6 +212,7 @@ BAD_VALUES = [
     (["--figures.every_n_epochs=-1"], "figures.every_n_epochs must be >= 0"),  # a callback's rules
     (["--data.num_samples=50"], "holds no sequence of class 0"),  # data generation: a split too small
     (["--data.threshold=260"], "holds no sequence of class 1"),
+    (["--data.num_samples=10000000000"], "GB of memory to generate and serve"),  # the machine's limits
     (["--ckpt_path=/nonexistent/x.ckpt"], "checkpoint not found: /nonexistent/x.ckpt"),  # checkpoints
 ]
 

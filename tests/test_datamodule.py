@@ -115,6 +115,13 @@ def test_predict_file_is_read_once_and_served(tmp_path) -> None:
     assert dm.test_set is None  # the generated test set is not made when a file is predicted
 
 
+def test_sizes_the_machine_cannot_hold_are_refused_before_anything_is_allocated() -> None:
+    with pytest.raises(ValueError, match=r"^data: these sizes need about [0-9.]+ GB of memory to generate and serve .* "
+                                         r"this machine has [0-9.]+ GB available: use a smaller data.num_samples$"):
+        SumDataModule(num_samples=10**12)
+    assert SumDataModule(num_samples=200_000).memory_needed() < 200e6  # the default: well under a GB
+
+
 def _batches(dm: SumDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(d.cpu(), y.cpu()) for d, y in dm.train_dataloader()] + [(d.cpu(), y.cpu()) for d, y in dm.val_dataloader()]
 

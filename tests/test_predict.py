@@ -20,10 +20,9 @@ from lightsum.cli import main
 DIGITS = np.random.default_rng(7).integers(0, 10, size=(300, 30))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cli = main(["fit", *tiny(tmp_path_factory.mktemp("logs"), epochs=1)])
-    return Path(cli.trainer.checkpoint_callback.best_model_path)
+@pytest.fixture
+def checkpoint(fitted) -> Path:
+    return Path(fitted.trainer.checkpoint_callback.best_model_path)  # the session's tiny fit (conftest)
 
 
 def write_csv(path: Path, rows: np.ndarray, comma: bool = True) -> Path:
@@ -37,10 +36,17 @@ def read_predictions(path: Path) -> np.ndarray:
     return np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
 
 
-def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.data import datamodule
+
+    reads = []  # the CLI checks the whole file before the trainer exists; setup() serves what it read then
+    monkeypatch.setattr(datamodule, "read_sequences", lambda path, seq_len, read=datamodule.read_sequences:
+                        reads.append(path) or read(path, seq_len))
     source = write_csv(tmp_path / "mine.csv", DIGITS, comma=False)
     main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
           "--trainer.enable_progress_bar=true"])
+    assert reads == [str(source)]
     assert "Predicting" in capsys.readouterr().out  # the progress bar (Lightning draws it on stdout)
     out = tmp_path / "mine.predictions.csv"  # the documented default: beside the input
     rows = read_predictions(out)
@@ -112,19 +118,6 @@ def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, 
     assert not (tmp_path / "logs").exists()
 
 
-def test_the_input_is_read_once(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The CLI checks the whole file before building the trainer; setup() serves what was read then.
-    from lightsum.data import datamodule
-
-    reads = []
-    monkeypatch.setattr(datamodule, "read_sequences", lambda path, seq_len, read=datamodule.read_sequences:
-                        reads.append(path) or read(path, seq_len))
-    source = write_csv(tmp_path / "mine.csv", DIGITS)
-    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}"])
-    assert reads == [str(source)]
-    assert len(read_predictions(tmp_path / "mine.predictions.csv")) == len(DIGITS)
-
-
 def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     source = write_csv(tmp_path / "short.csv", DIGITS[:, :20])
     with pytest.raises(SystemExit) as exit_info:
@@ -189,3 +182,18 @@ def test_a_killed_writers_partial_file_is_removed_by_the_next_run(tmp_path: Path
     trainer.predict(SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)))
     assert len(read_predictions(tmp_path / "mine.predictions.csv")) == len(DIGITS)
     assert not orphan.exists() and all(p.exists() for p in kept)
+
+
+def test_a_full_disk_while_predicting_is_one_line_and_keeps_the_earlier_output(
+        checkpoint: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture) -> None:
+    source = write_csv(tmp_path / "mine.csv", DIGITS)
+    out = tmp_path / "mine.predictions.csv"
+    out.write_bytes(earlier := b"row,probability,label\n0,0.25,0\n")
+    full_disk(1000)  # the header and a few rows fit
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
+              "--data.eval_batch_size=50"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: cannot write {out}: No space left on device"
+    assert out.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv", "mine.predictions.csv"]

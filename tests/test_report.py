@@ -59,6 +59,19 @@ def test_a_runs_figure_shows_errors_per_class_on_a_log_axis(run_dir: Path, tmp_p
                      "class 1": [v for _, v in series["val/missed_1"]]}
 
 
+def test_a_full_disk_while_reporting_is_one_line_and_keeps_the_earlier_files(
+        run_dir: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture) -> None:
+    main(["report", str(run_dir), "--out", str(tmp_path)])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    full_disk(2000)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(run_dir), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    png = tmp_path / f"{run_dir.parent.name}_{run_dir.name}.png"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: cannot write {png}: No space left on device"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_report_compares_every_run_under_a_folder(run_dir: Path, tmp_path: Path) -> None:
     root = run_dir.parent.parent
     main(["fit", *tiny(root, epochs=1), "--config", str(REPO / "configs/strategies/undersample.yaml")])

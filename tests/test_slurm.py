@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,8 @@ import torch
 import yaml
 
 from conftest import REPO, scalars, tiny
-from lightsum.cli import check_checkpoint, main
+from lightsum.checkpoints import read_checkpoint
+from lightsum.cli import main
 
 JOB_ID = "4242"
 EPOCHS = 6
@@ -55,39 +55,39 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path: Path) -> None:
+def test_sigusr1_saves_at_a_batch_boundary_requeues_and_the_requeued_job_ends_exactly(tmp_path: Path) -> None:
     root = tmp_path / "logs"
     env = slurm_env(tmp_path)
+    uninterrupted = launch(tmp_path / "whole", {k: v for k, v in env.items() if not k.startswith("SLURM_")})
+    assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stdout.read()[-3000:]
     run_dir = root / "default" / f"slurm_{JOB_ID}"  # named after the job: the same folder after a requeue
     proc = launch(root, env)
     wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)  # epoch 0 done
     time.sleep(0.3)  # into a later epoch, most likely mid-epoch
     proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit (--signal=SIGUSR1@90)
     proc.wait(timeout=120)  # the fake scontrol kills the job as soon as it is requeued
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()[-3000:]
+    output = proc.stdout.read()
+    assert proc.returncode == -signal.SIGKILL, output[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
-    (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")
-    check_checkpoint(str(hpc))
-    saved = torch.load(hpc, weights_only=True)
-    assert not (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime > hpc.stat().st_mtime
+    assert "lightsum: stopped by SIGUSR1 after batch" in output
+    saved = read_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))  # written before the requeue
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] > 0  # mid-epoch
 
-    # A copy of the job's folder, requeued too: resuming one mid-epoch checkpoint is deterministic.
-    twin_root = tmp_path / "twin" / "logs"
-    shutil.copytree(root, twin_root)
-    for parent in (root, twin_root):
-        requeued = launch(parent, env)
-        out = requeued.communicate(timeout=300)[0]
-        assert requeued.returncode == 0, out[-3000:]
-        assert f"Restoring states from the checkpoint path at {parent / hpc.relative_to(root)}" in out
+    # The same command again, as the requeued job runs it: it resumes at the next batch and ends as
+    # the run that was never stopped.
+    requeued = launch(root, env)
+    out = requeued.communicate(timeout=300)[0]
+    assert requeued.returncode == 0, out[-3000:]
+    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in out
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    twin = torch.load(twin_root / run_dir.relative_to(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    (whole,) = (tmp_path / "whole").glob("default/version_0/checkpoints/last.ckpt")
+    expected = torch.load(whole, weights_only=True)
     for key, value in final["state_dict"].items():
-        assert torch.equal(twin["state_dict"][key], value), key
-    assert final["epoch"] == EPOCHS - 1 and final["global_step"] > saved["global_step"]
+        assert torch.equal(expected["state_dict"][key], value), key
+    assert final["epoch"] == EPOCHS - 1 and final["global_step"] == expected["global_step"] > saved["global_step"]
     assert sorted(p.name for p in (root / "default").iterdir()) == [f"slurm_{JOB_ID}"]
-    # The training curve continues from where the signal came.
-    steps = [s for s, _ in scalars(run_dir)["train/loss"]]
-    assert max(steps) == final["global_step"] - 1
+    # The training curve continues from where the signal came, each step once.
+    assert [s for s, _ in scalars(run_dir)["train/loss"]] == list(range(final["global_step"]))
 
 
 def test_the_sbatch_script_asks_for_the_signal_and_its_command_parses(capsys) -> None:

@@ -3,7 +3,8 @@
 from lightsum.callbacks.figures import EvaluationFigures
 from lightsum.callbacks.hparams import HparamsSession
 from lightsum.callbacks.predictions import PredictionCSV
+from lightsum.callbacks.preemption import Preemption
 from lightsum.callbacks.random_states import RandomStates
 from lightsum.callbacks.train_loss import TrainLoss
 
-__all__ = ["EvaluationFigures", "HparamsSession", "PredictionCSV", "RandomStates", "TrainLoss"]
+__all__ = ["EvaluationFigures", "HparamsSession", "PredictionCSV", "Preemption", "RandomStates", "TrainLoss"]

@@ -73,7 +73,8 @@ class PredictionCSV(BasePredictionWriter):
         target = self.output_path(trainer)
         check_target(target, self.source(trainer))
         self._out = AtomicFile(target, "w")
-        self._out.open().write("row,probability,label\n")
+        self._out.open()
+        self._out.write("row,probability,label\n")
         self._rows = 0
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
@@ -81,7 +82,7 @@ class PredictionCSV(BasePredictionWriter):
         probs = prediction["probability"].float().cpu().tolist()
         labels = prediction["label"].cpu().tolist()
         rows = range(self._rows, self._rows + len(probs))
-        self._out.file.write("".join(f"{r},{p:.7g},{y}\n" for r, p, y in zip(rows, probs, labels)))
+        self._out.write("".join(f"{r},{p:.7g},{y}\n" for r, p, y in zip(rows, probs, labels)))
         self._rows += len(probs)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

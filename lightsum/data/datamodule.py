@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -30,6 +30,24 @@ _RULES = {
     "val_fraction": (lambda v: is_number(v) and 0.0 < v < 1.0, "in (0, 1)"),
     "sampling_ratio": (lambda v: is_number(v) and 0.0 < v <= 1.0, "in (0, 1]"),
 }
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a process now (Linux: MemAvailable), else None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(needed: int) -> None:
+    """Refuse, in one line, a data configuration the machine cannot hold."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"data: these sizes need about {needed / 1e9:.1f} GB of memory to generate and serve "
+                         f"(data.num_samples, data.test_samples, data.seq_len, data.sampling); this machine has "
+                         f"{available / 1e9:.1f} GB available: use a smaller data.num_samples")
 
 
 def stream(seed: int, split: str) -> torch.Generator:
@@ -88,6 +106,44 @@ class DigitBatches(Dataset):
 
 def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch
+
+
+class ResumableLoader(DataLoader):
+    """The training loader: a DataLoader that continues an epoch where a checkpoint left it.
+
+    Its state, saved by Lightning in every checkpoint, is the number of batches of the running
+    epoch already trained (``trained_batches()``, 0 at an epoch's end). After ``load_state_dict``
+    the next iteration drops that many batches before yielding: the epoch's order is a pure function
+    of (seed, epoch), so the batches that follow are exactly those the interrupted run would have
+    trained next, on every rank. The drop happens at the first ``next()``, after Lightning has set
+    the sampler's epoch. Batches are in-memory gathers, so dropping them costs microseconds.
+
+    Args:
+        trained_batches: returns the batches of the running epoch trained so far.
+    """
+
+    def __init__(self, *args, trained_batches: Callable[[], int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.trained_batches = trained_batches
+        self._skip = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"trained_batches": self.trained_batches() if self.trained_batches else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = state["trained_batches"]
+
+    def __iter__(self) -> Iterator:
+        skip, self._skip = self._skip, 0
+        batches = super().__iter__()
+        return batches if not skip else _after(batches, skip)
+
+
+def _after(batches: Iterator, skip: int) -> Iterator:
+    """``batches`` without its first ``skip`` items, dropped at the first ``next()``."""
+    for _ in range(skip):
+        next(batches)
+    yield from batches
 
 
 class EachSequenceOnce(DistributedSampler):
@@ -162,11 +218,22 @@ class SumDataModule(pl.LightningDataModule):
             )
         if not 1 <= self.num_val < num_samples:
             raise ValueError(f"data.val_fraction={val_fraction} leaves an empty split of {num_samples} samples")
+        check_memory(self.memory_needed())
         self.train_set: DigitBatches | None = None
         self.val_set: DigitBatches | None = None
         self.test_set: DigitBatches | None = None
         self.predict_set: DigitBatches | None = None
         self.epoch_sampler: ResampledSampler | None = None
+
+    def memory_needed(self) -> int:
+        """Bytes of host memory ``setup`` needs, estimated before anything is allocated: the digits
+        and labels of every split, as much again for generating them (measured peaks: 1.4-3.4x the
+        digits, benchmarks/scale.py), and the training epoch's indices (an int64 tensor, and a
+        Python list of ~40 bytes an index where Lightning's DDP sampler wrapper lists them)."""
+        h = self.hparams
+        rows = h.num_samples + h.test_samples
+        epoch = 2 * self.num_train if h.sampling == "oversample" else self.num_train
+        return 2 * rows * (h.seq_len + 1) + 48 * epoch + 64 * 2**20  # + the first tensors' fixed cost
 
     @property
     def num_val(self) -> int:
@@ -244,9 +311,14 @@ class SumDataModule(pl.LightningDataModule):
             if split is not None and split.digits.device != device:
                 split.to(device)
 
-    def _loader(self, dataset: DigitBatches, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
-        # num_workers=0: for in-memory tensors worker processes only add IPC cost.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_batch_as_is)
+    def _loader(self, dataset: DigitBatches, batch_size: int, sampler: Sampler | None = None,
+                loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        # num_workers=0: for in-memory tensors worker processes only add IPC cost. A generator of
+        # its own: a DataLoader otherwise draws a seed from the global RNG each time an epoch starts,
+        # shifting the dropout masks of everything after it (and a resumed run would draw it at
+        # another moment than the run it continues).
+        return loader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_batch_as_is,
+                      generator=torch.Generator().manual_seed(self.hparams.seed), **kwargs)
 
     def _eval_loader(self, dataset: DigitBatches) -> DataLoader:
         trainer = self.trainer
@@ -255,8 +327,14 @@ class SumDataModule(pl.LightningDataModule):
         sampler = EachSequenceOnce(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
         return self._loader(dataset, self.hparams.eval_batch_size, sampler)
 
+    def trained_batches(self) -> int:
+        """Batches of the running training epoch already trained; 0 once the epoch is complete."""
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done if done < self.trainer.num_training_batches else 0
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler)
+        return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler, ResumableLoader,
+                            trained_batches=self.trained_batches)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

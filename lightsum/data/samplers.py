@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Sampler
 
 Sampling = Literal["none", "oversample", "undersample", "weighted"]
+_CHUNK = 65_536
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -85,4 +86,5 @@ class ResampledSampler(Sampler[int]):
             majority = self.majority[torch.randperm(len(self.majority), generator=g)[: self.n_majority]]
             pool = torch.cat([minority, majority])
             indices = pool[torch.randperm(len(pool), generator=g)]
-        return iter(indices.tolist())
+        # Handed out a chunk at a time: one Python list of the whole epoch costs ~40 bytes an index.
+        return (i for chunk in indices.split(_CHUNK) for i in chunk.tolist())

@@ -8,7 +8,7 @@ from lightsum.atomic import AtomicCheckpointIO
 
 
 class SlowAtomicCheckpointIO(AtomicCheckpointIO):
-    def write(self, checkpoint, f) -> None:
-        super().write(checkpoint, f)
-        f.flush()
+    def write(self, data, out) -> None:
+        super().write(data, out)
+        out.file.flush()
         time.sleep(0.4)  # the partial file is complete on disk but not yet renamed

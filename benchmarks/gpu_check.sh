@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lightsum's GPU check (issue #4), one script for a lent GPU machine: about 4 minutes on one GPU.
+# lightsum's GPU check, one script for a lent GPU machine: about 4 minutes on one GPU.
 # Needs a CUDA build of torch and lightsum installed (`pip install -e .[dev]` after torch).
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # logs and the fit's run folder go to OUT_DIR
 # Prints: the GPU; the CUDA-only tests; the hard_sigmoid cell's step time against cuDNN's LSTM; samples/s of lightsum vs a plain loop at batch 50 / 1024 /
@@ -16,7 +16,7 @@ assert torch.cuda.is_available(), "no CUDA device"
 print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", pl.__version__, "|", torch.cuda.get_device_name())
 PY
 echo "== CUDA-only tests"
-python -m pytest -q -rs tests/test_data.py tests/test_synthesis.py -k "device or cuda" 2>&1 | tail -3
+python -m pytest -q -rs tests/test_datamodule.py tests/test_synthesis.py -k "device or cuda" 2>&1 | tail -3
 echo "== throughput: lightsum (seed config, flat = the original model) vs plain loop, 40k training sequences"
 timeout 150 python benchmarks/overhead.py --accelerator gpu --num-samples 50000 --epochs 2 --repeats 1 \
     --cases flat:50 sequence:50 flat:1024 sequence:1024 flat:8192 sequence:8192 2>/dev/null | grep -v "it/s" || echo "(throughput run stopped at 150 s)"

@@ -30,20 +30,15 @@ class SumClassifier(pl.LightningModule):
 
     Args:
         seq_len: digits per sequence (linked from ``data.seq_len`` by the CLI).
-        layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len
-            features); linked from ``data.layout`` by the CLI.
+        layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len features); linked from ``data.layout``.
         hidden_size: LSTM units.
         num_layers: stacked LSTM layers.
         dropout: dropout on the last hidden state (and between stacked layers).
-        recurrent_activation: gate activation: ``sigmoid`` (fused ``nn.LSTM``) or
-            ``hard_sigmoid`` (Keras 2: ``clip(0.2 x + 0.5, 0, 1)``).
+        recurrent_activation: ``sigmoid`` (the fused ``nn.LSTM``) or ``hard_sigmoid`` (Keras 2: ``clip(0.2 x + 0.5, 0, 1)``).
         unit_forget_bias: start the forget-gate bias at 1.
-        init: weight initialisation: ``torch`` defaults or ``keras`` (Glorot-uniform input kernel,
-            orthogonal recurrent kernel, zero biases).
-        normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits 0-9, as
-            the original notebook did.
-        pos_weight: weight of the positive (majority) class in the loss: none, a float, or
-            ``balanced`` (n_negative / n_positive of the training split).
+        init: ``torch`` defaults or ``keras`` (Glorot-uniform input kernel, orthogonal recurrent kernel, zero biases).
+        normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits, as the original notebook did.
+        pos_weight: loss weight of the positive (majority) class: none, a float, or ``balanced`` (n_negative / n_positive).
         decision_threshold: predict 1 when the probability is >= this; ``tuned`` chooses it on
             the validation set after each validation epoch to maximise balanced accuracy (each
             checkpoint carries the threshold tuned for its weights).

@@ -71,13 +71,14 @@ def stop_and_resume(tmp_path: Path, signum: int, **data) -> tuple[SumClassifier,
 
 
 def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bitwise_equal(tmp_path: Path) -> None:
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     whole, resumed, trainer = stop_and_resume(tmp_path, signal.SIGTERM, sampling="oversample")
     assert trainer.global_step == whole.trainer.global_step
     assert_same_weights(whole, resumed)
     # The epoch's training figures continue too: counts and loss sums are in the checkpoint.
     for name in ("train/recall_0", "train/recall_1", "train/loss_epoch"):
         assert torch.equal(trainer.callback_metrics[name], whole.trainer.callback_metrics[name]), name
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the process's handlers given back
 
 
 @pytest.mark.slow

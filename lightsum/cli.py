@@ -12,7 +12,6 @@ from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.utilities import rank_zero_only
 
 from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, Preemption, RandomStates, TrainLoss
 from lightsum.callbacks.predictions import check_target, prediction_target
@@ -20,7 +19,7 @@ from lightsum.checkpoints import read_checkpoint
 from lightsum.classifier import SumClassifier
 from lightsum.data import SumDataModule
 from lightsum.data.sequences import check_fits
-from lightsum.errors import OneLineParserErrors, one_line_errors
+from lightsum.errors import OneLineParserErrors, note, one_line_errors
 from lightsum.run_folders import (
     checkpoint_to_evaluate,
     log_into_run_of,
@@ -108,9 +107,9 @@ class SumCLI(LightningCLI):
         # Here because LightningCLI reads the checkpoint's hyperparameters right after parsing.
         config, subcommand = self.active_config(), self.config.get("subcommand")
         if subcommand in _EVALUATING:
-            config.ckpt_path, note = checkpoint_to_evaluate(config, subcommand)
-            if note:
-                print_note(note)
+            config.ckpt_path, chosen = checkpoint_to_evaluate(config, subcommand)
+            if chosen:
+                note(chosen)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_fits(read_checkpoint(ckpt_path)["hyper_parameters"], config.data, f" with {ckpt_path}")
@@ -162,11 +161,6 @@ def config_args(argv: Sequence[str]) -> list[str]:
         elif arg.startswith("--config="):
             out += ["--config", arg.split("=", 1)[1]]
     return out
-
-
-@rank_zero_only
-def print_note(text: str) -> None:
-    print(f"lightsum: {text}", file=sys.stderr, flush=True)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:

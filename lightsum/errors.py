@@ -1,7 +1,8 @@
-"""The one-line error convention of every lightsum command: ``lightsum: error: <what is wrong>``, exit 2.
+"""What lightsum says on stderr: ``lightsum: error: <what is wrong>`` (exit 2) and ``lightsum: <note>``.
 
-Bad input is reported as a ``ValueError`` (or ``FileNotFoundError``) wherever it is found; the
-command line turns it into one line without a traceback. ``LIGHTSUM_DEBUG=1`` re-raises instead.
+Bad input is reported as a ``ValueError`` (or ``FileNotFoundError``, or ``CannotWrite`` for a file
+that could not be written) wherever it is found; the command line turns it into one line without a
+traceback. ``LIGHTSUM_DEBUG=1`` re-raises instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
 
 class CannotWrite(OSError):
     """A file lightsum writes could not be written (a full disk, no permission, ...): names the file."""
@@ -31,6 +34,12 @@ USER_ERRORS = (ValueError, FileNotFoundError, CannotWrite, MisconfigurationExcep
 
 def debugging() -> bool:
     return bool(os.environ.get("LIGHTSUM_DEBUG"))
+
+
+@rank_zero_only
+def note(text: str) -> None:
+    """Print ``lightsum: <text>`` on stderr, once per run (rank 0 under DDP)."""
+    print(f"lightsum: {text}", file=sys.stderr, flush=True)
 
 
 def fail(message: object, code: int = 2) -> NoReturn:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import yaml
 
 from lightsum.atomic import AtomicFile
-from lightsum.errors import OneLineParserErrors
+from lightsum.errors import OneLineParserErrors, note
 from lightsum.events import read_scalars
 
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
@@ -239,8 +238,8 @@ def report_main(argv: list[str]) -> None:
         if "val/min_recall" in run.series:
             runs.append(run)
         else:
-            print(f"lightsum: note: report skips {path}: no val/min_recall in its event files "
-                  "(a test or predict run, or a fit stopped before its first validation)", file=sys.stderr)
+            note(f"note: report skips {path}: no val/min_recall in its event files "
+                 "(a test or predict run, or a fit stopped before its first validation)")
     if not runs:
         raise ValueError(f"report: no run with val/min_recall in {', '.join(args.runs)}")
     for run, name in zip(runs, run_names([run.path for run in runs])):
@@ -253,9 +252,9 @@ def report_main(argv: list[str]) -> None:
         for run, file in zip(runs, figure_files([run.name for run in runs])):
             plot(run, out / file)
     text = table(runs)
-    note = ("Validation metrics at the epoch with the best val/min_recall (the best checkpoint); "
+    footnote = ("Validation metrics at the epoch with the best val/min_recall (the best checkpoint); "
             "seconds: wall time from each event file's creation to its last scalar.")
     with AtomicFile(out / "report.md", "w") as md:
-        md.write(f"{text}\n\n{note}\n")
+        md.write(f"{text}\n\n{footnote}\n")
     print(text)
     print(f"\nlightsum: wrote {out / 'report.md'}" + ("" if args.no_plots else f" and {len(runs)} figure(s)"))

@@ -6,14 +6,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.plugins.environments import SLURMEnvironment
-from pytorch_lightning.utilities import rank_zero_only
+
+from lightsum.errors import note
 
 
 class Stopped(SystemExit):
@@ -80,11 +80,6 @@ class Preemption(pl.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
-
-
-@rank_zero_only
-def note(text: str) -> None:
-    print(f"lightsum: {text}", file=sys.stderr, flush=True)
 
 
 def requeue() -> None:

@@ -10,18 +10,24 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryStatScores
 
+from lightsum.data.datamodule import BOUNDARY, NATURAL
 from lightsum.data.sequences import Layout, check_digits, check_fits
 from lightsum.errors import POSITIVE_INT, check_arguments, diverged, is_number
+from lightsum.losses import logit_adjustment, sigmoid_focal_loss
 from lightsum.metrics import EvaluationScores, class_metrics, confusion_metrics, tune_threshold
 from lightsum.nn import Init, RecurrentActivation, SumNet
 
 _PREDICT_CHUNK = 65_536  # rows per forward pass in predict_proba: bounded memory on big inputs
 _FLOAT16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16, 6.1e-05
+Loss = Literal["bce", "focal", "logit_adjusted"]
 _RULES = {
     **dict.fromkeys(("seq_len", "hidden_size", "num_layers"), POSITIVE_INT),
     "dropout": (lambda v: is_number(v) and 0.0 <= v < 1.0, "in [0, 1)"),
     "pos_weight": (lambda v: v in (None, "balanced") or (is_number(v) and v > 0), "positive, 'balanced' or null"),
     "decision_threshold": (lambda v: v == "tuned" or (is_number(v) and 0.0 < v < 1.0), "in (0, 1) or 'tuned'"),
+    "focal_gamma": (lambda v: is_number(v) and v >= 0, ">= 0"),
+    "focal_alpha": (lambda v: v is None or (is_number(v) and 0.0 <= v <= 1.0), "in [0, 1] or null"),
+    "logit_tau": (lambda v: is_number(v) and v >= 0, ">= 0"),
 }
 
 
@@ -38,10 +44,20 @@ class SumClassifier(pl.LightningModule):
         unit_forget_bias: start the forget-gate bias at 1.
         init: ``torch`` defaults or ``keras`` (Glorot-uniform input kernel, orthogonal recurrent kernel, zero biases).
         normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits, as the original notebook did.
-        pos_weight: loss weight of the positive (majority) class: none, a float, or ``balanced`` (n_negative / n_positive).
-        decision_threshold: predict 1 when the probability is >= this; ``tuned`` chooses it on
-            the validation set after each validation epoch to maximise balanced accuracy (each
-            checkpoint carries the threshold tuned for its weights).
+        pos_weight: loss weight of the positive (majority) class: none, a float, or ``balanced``
+            (n_negative / n_positive); with ``bce`` and ``logit_adjusted``.
+        decision_threshold: predict 1 when the probability is >= this; ``tuned`` chooses it after
+            each validation epoch to maximise balanced accuracy on the natural distribution, with
+            the sums near the threshold scored on the data's calibration set (each checkpoint
+            carries the threshold tuned for its weights).
+        loss: ``bce`` (binary cross-entropy), ``focal`` (sigmoid focal loss, ``focal_gamma`` and
+            ``focal_alpha``) or ``logit_adjusted`` (BCE on ``logit + logit_tau * log(pi_1 / pi_0)``,
+            ``pi`` the class shares of the training batches as served, after resampling: with
+            ``data.sampling: oversample`` at ratio 1 the offset is 0 and this is BCE).
+        focal_gamma: focusing exponent of the focal loss; 0 is BCE (with ``focal_alpha`` null).
+        focal_alpha: focal loss weight of class 1 (the majority here; class 0 weighs ``1 - alpha``),
+            or null for none (torchvision's ``alpha=-1``).
+        logit_tau: strength of the logit adjustment; 1 is balanced softmax.
     """
 
     def __init__(
@@ -57,20 +73,31 @@ class SumClassifier(pl.LightningModule):
         normalize_inputs: bool = True,
         pos_weight: float | Literal["balanced"] | None = None,
         decision_threshold: float | Literal["tuned"] = 0.5,
+        loss: Loss = "bce",
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = None,
+        logit_tau: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         check_arguments("model", self.hparams, _RULES)
+        if loss == "focal" and pos_weight is not None:
+            raise ValueError("model.pos_weight does not apply to model.loss=focal: weigh the classes with model.focal_alpha")
         self.net = SumNet(1 if layout == "sequence" else seq_len, hidden_size, num_layers=num_layers, dropout=dropout,
                           recurrent_activation=recurrent_activation, unit_forget_bias=unit_forget_bias, init=init)
         # Buffers, so they move with the model and are saved in checkpoints.
         self.register_buffer("decision_threshold", torch.tensor(0.5 if decision_threshold == "tuned" else float(decision_threshold)))
         self.register_buffer("pos_weight", torch.tensor(1.0 if pos_weight in (None, "balanced") else float(pos_weight)))
+        # tau * log(pi_1 / pi_0) of the training batches, set in setup("fit"); training only.
+        self.register_buffer("logit_adjustment", torch.tensor(0.0), persistent=False)
         # One metric object per stage. Training streams counts (stat scores: sums on the device, no
         # host sync per step); evaluation keeps every score, to tune the threshold first.
         self.train_counts = BinaryStatScores(validate_args=False)  # inputs are 0/1 made here
         self.train_counts.persistent(True)  # in checkpoints: a run resumed mid-epoch keeps its counts
         self.val_scores, self.test_scores = EvaluationScores(), EvaluationScores()
+        # Validation's boundary set (val/boundary_accuracy) and the threshold's weighted tuning set.
+        self.boundary_scores = EvaluationScores()
+        self.tuning_scores = EvaluationScores(weighted=True)
         # The last evaluation's gathered (probabilities, targets) per stage, for figure callbacks.
         self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.trained_at: tuple[int, int] | None = None  # (epoch, global step) of loaded weights
@@ -87,10 +114,15 @@ class SumClassifier(pl.LightningModule):
         return self.net(self.features(digits))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h, target = self.hparams, target.to(logits.dtype)
+        if h.loss == "focal":
+            return sigmoid_focal_loss(logits, target, h.focal_gamma, h.focal_alpha)
+        if h.loss == "logit_adjusted":
+            logits = logits + self.logit_adjustment
         # Unweighted, the loss skips the weighting ops, forward and backward; a weight of 1 gives
         # bitwise the same loss and gradients (tests/test_classifier.py).
-        weight = None if self.hparams.pos_weight is None else self.pos_weight
-        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
+        weight = None if h.pos_weight is None else self.pos_weight
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
@@ -102,6 +134,10 @@ class SumClassifier(pl.LightningModule):
             if n_pos in (0, len(labels)):
                 raise ValueError("model.pos_weight='balanced' needs both classes in the training split")
             self.pos_weight.fill_((len(labels) - n_pos) / n_pos)
+        if stage == "fit" and self.hparams.loss == "logit_adjusted":
+            if data is None:
+                raise ValueError("model.loss=logit_adjusted reads the training batches' class prior from lightsum's SumDataModule")
+            self.logit_adjustment.fill_(logit_adjustment(data.positive_share(), self.hparams.logit_tau))
 
     def on_fit_start(self) -> None:
         refuse_float16_eps(self.trainer)
@@ -121,8 +157,17 @@ class SumClassifier(pl.LightningModule):
         values = confusion_metrics(torch.stack([tn, fp, fn, tp]).view(2, 2))  # rows: true class
         self.log_dict({f"train/{k}": values[k] for k in ("recall_0", "recall_1", "min_recall")})
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.val_scores.update(self(batch[0]), batch[1])
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        digits, target, *parts = batch
+        logits = self(digits)
+        if not parts:  # natural data only
+            self.val_scores.update(logits, target)
+            return
+        weights, part = parts  # SumDataModule's joined validation set (see DigitBatches)
+        natural, boundary = part == NATURAL, part == BOUNDARY
+        self.val_scores.update(logits[natural], target[natural])
+        self.boundary_scores.update(logits[boundary], target[boundary])
+        self.tuning_scores.update(logits, target, weights)  # the boundary part weighs 0
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.test_scores.update(self(batch[0]), batch[1])
@@ -140,9 +185,21 @@ class SumClassifier(pl.LightningModule):
         if not torch.isfinite(logits).all():
             raise diverged(f"the model's {stage} output", self.trainer.precision)
         probs = torch.sigmoid(logits)
-        if tune:
+        # Every rank has validation batches, so all gather or none (a gather is a collective).
+        tuning = self.tuning_scores.gathered() if stage == "val" and self.tuning_scores.update_count else None
+        boundary = self.boundary_scores.gathered() if stage == "val" and self.boundary_scores.update_count else None
+        self.tuning_scores.reset()
+        self.boundary_scores.reset()
+        if tune and tuning is not None:
+            t_logits, t_target, t_weights = tuning
+            self.decision_threshold.fill_(tune_threshold(torch.sigmoid(t_logits), t_target, t_weights))
+        elif tune:  # no calibration set: the natural validation set alone
             self.decision_threshold.fill_(tune_threshold(probs, target))
         values = class_metrics(probs, target, self.decision_threshold)
+        if boundary is not None and len(boundary[1]):
+            b_logits, b_target = boundary
+            correct = (torch.sigmoid(b_logits) >= self.decision_threshold).long() == b_target.long()
+            values["boundary_accuracy"] = correct.float().mean()
         values["loss"] = self.loss(logits, target)
         values["decision_threshold"] = self.decision_threshold.clone()
         values["sequences"] = torch.tensor(float(len(target)))  # evaluated once each, over all ranks

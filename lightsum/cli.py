@@ -116,6 +116,9 @@ class SumCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
+        if config.best_checkpoint.monitor == "val/boundary_accuracy" and not config.data.boundary_per_sum:
+            raise ValueError("best_checkpoint.monitor is val/boundary_accuracy, which data.boundary_per_sum=0 turns off: "
+                             "use --best_checkpoint.monitor val/min_recall")
         if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
             # The default config's progress-bar callback would contradict enable_progress_bar=false.
             config.trainer.callbacks = [
@@ -163,20 +166,21 @@ def config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
+def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[SumCLI] = SumCLI) -> SumCLI:
     """The lightsum CLI exactly as ``main`` builds it; ``run=False`` parses and instantiates only.
 
     Args:
         args: command-line arguments (a subcommand first when ``run``); ``None`` reads ``sys.argv``.
         run: run the subcommand; False gives ``cli.model``, ``cli.datamodule`` and ``cli.trainer``
             ready for a benchmark to drive.
+        cli_class: ``SumCLI`` or a subclass of it (a benchmark's own ``configure_optimizers``).
     """
     default = {"default_config_files": [str(DEFAULT_CONFIG)]}
     argv = sys.argv[1:] if args is None else list(args)
     # Each subcommand's parser reads the Trainer's whole signature (~0.3 s apiece on a small CPU):
     # build only the one asked for (all of them for `lightsum --help`).
     only = argv[:1] if argv[:1] and argv[0] in _SUBCOMMANDS else _SUBCOMMANDS
-    return SumCLI(
+    return cli_class(
         SumClassifier,
         SumDataModule,
         args=args,

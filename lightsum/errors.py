@@ -97,6 +97,7 @@ def is_number(value: Any) -> bool:
 
 
 POSITIVE_INT: Rule = (lambda v: isinstance(v, int) and is_number(v) and v >= 1, "a positive integer")
+NON_NEGATIVE_INT: Rule = (lambda v: isinstance(v, int) and is_number(v) and v >= 0, "an integer >= 0")
 
 
 def diverged(what: str, precision: object) -> ValueError:

@@ -50,41 +50,66 @@ def class_metrics(probs: torch.Tensor, target: torch.Tensor, threshold: float | 
 
 
 class EvaluationScores(Metric):
-    """Every logit and label of one evaluation stage; ``compute()`` gathers them from every rank.
+    """Every logit and label of one evaluation set; ``compute()`` gathers them from every rank.
 
     Evaluation keeps every score rather than streaming thresholded counts: AUROC is then exact,
     and the decision threshold can be tuned on the whole set before any thresholded metric.
+
+    Args:
+        weighted: also keep a weight per sequence (``update(logits, target, weights)``).
     """
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, weighted: bool = False) -> None:
         super().__init__()
-        self.add_state("logits", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.weighted = weighted
+        for name in ("logits", "target", "weights") if weighted else ("logits", "target"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         # float32 whatever the precision: metrics and threshold tuning need the resolution.
         self.logits.append(logits.float())
         self.target.append(target)
+        if self.weighted:
+            self.weights.append(weights.float())
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return dim_zero_cat(self.logits), dim_zero_cat(self.target)
+    def compute(self) -> tuple[torch.Tensor, ...]:
+        return tuple(dim_zero_cat(getattr(self, name)) for name in ("logits", "target", "weights")[:2 + self.weighted])
 
-    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def gathered(self) -> tuple[torch.Tensor, ...]:
         """``compute()`` as 1-D tensors, also for a single score (torchmetrics squeezes those to 0-D)."""
-        logits, target = self.compute()
-        return logits.reshape(-1), target.reshape(-1)
+        return tuple(t.reshape(-1) for t in self.compute())
 
 
-def tune_threshold(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """The decision threshold that maximises balanced accuracy on (probs, target).
+def weighted_roc(probs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``binary_roc`` with a weight per score: (fpr, tpr, thresholds), thresholds descending from 1,
+    each the lowest score predicted 1 at its point (torchmetrics' convention; it takes no weights)."""
+    keep = weights > 0
+    probs, target, weights = probs[keep], target[keep].bool(), weights[keep].double()
+    order = probs.argsort(descending=True, stable=True)
+    probs, target, weights = probs[order], target[order], weights[order]
+    tp = (weights * target).cumsum(0)
+    fp = (weights * ~target).cumsum(0)
+    last = torch.cat([probs[1:] != probs[:-1], torch.ones(1, dtype=torch.bool, device=probs.device)])  # ends of ties
+    zero = torch.zeros(1, dtype=torch.float64, device=probs.device)
+    tpr = torch.cat([zero, tp[last]]) / tp[-1].clamp_min(1e-300)
+    fpr = torch.cat([zero, fp[last]]) / fp[-1].clamp_min(1e-300)
+    return fpr, tpr, torch.cat([torch.ones(1, dtype=probs.dtype, device=probs.device), probs[last]])
+
+
+def tune_threshold(probs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """The decision threshold that maximises balanced accuracy on (probs, target), each score
+    counted with its weight when ``weights`` are given (of a weighted sample of a distribution).
 
     A well-trained model separates a validation set over a whole range of thresholds; taking the
     middle of that best range (in logit space) rather than its edge keeps the threshold away from
     the few validation scores that happen to bound it.
     """
-    fpr, tpr, thresholds = binary_roc(probs, target.long())
+    if weights is None:
+        fpr, tpr, thresholds = binary_roc(probs, target.long())
+    else:
+        fpr, tpr, thresholds = weighted_roc(probs, target, weights)
     # ROC thresholds descend; at index i, scores >= thresholds[i] are predicted 1.
     score = tpr - fpr  # balanced accuracy = (tpr + 1 - fpr) / 2
     best = torch.nonzero(score >= score.max() - 1e-12).flatten()

@@ -16,7 +16,8 @@ from lightsum.events import read_scalars
 
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
 # The miss counts tell 0.997 from 0.9995; class 1's AP is ~1 at 98.8% prevalence, so the minority's.
-TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "average_precision_0", "auroc")
+# boundary_accuracy: the fixed exact-sampled set of sums threshold-5 .. threshold+4, where errors live.
+TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "boundary_accuracy", "average_precision_0", "auroc")
 COUNTS = ("missed_0", "missed_1", "sequences")
 
 
@@ -29,6 +30,7 @@ class Run:
     strategy: str
     series: dict[str, list[tuple[int, float]]]  # tag -> [(step, value)] sorted by step
     seconds: float
+    monitor: str = "val/min_recall"  # what chose its best checkpoint (config.yaml's best_checkpoint.monitor)
 
     def by_epoch(self, tag: str) -> list[tuple[int, float]]:
         """(epoch, value) of an epoch-level tag; epochs counted from 0, as in checkpoint names."""
@@ -37,17 +39,18 @@ class Run:
 
     @property
     def best(self) -> dict[str, float]:
-        """Every validation metric (``val/`` dropped) at the epoch with the highest val/min_recall
-        (the first of ties, as ModelCheckpoint keeps), with ``epoch`` and ``epochs`` (validation
-        epochs run)."""
-        scores = self.series.get("val/min_recall", [])
+        """Every validation metric (``val/`` dropped) at the epoch with the highest value of the
+        run's checkpoint monitor (the first of ties, as ModelCheckpoint keeps), with ``epoch`` and
+        ``epochs`` (validation epochs run)."""
+        scores = self.series.get(self.monitor) or self.series.get("val/min_recall", [])
         if not scores:
             return {"epochs": 0}
         i = max(range(len(scores)), key=lambda k: (scores[k][1], -k))
         step = scores[i][0]
         row = {tag[4:]: dict(points)[step] for tag, points in self.series.items()
                if tag.startswith("val/") and step in dict(points)}
-        return {**row, "epoch": self.by_epoch("val/min_recall")[i][0], "epochs": len(scores)}
+        return {**row, "epoch": self.by_epoch(self.monitor if self.monitor in self.series else "val/min_recall")[i][0],
+                "epochs": len(scores)}
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -104,22 +107,29 @@ def read_run(path: Path) -> Run:
     scalars = read_scalars(path)
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    return Run(path, f"{path.parent.name}/{path.name}", strategy_of(config or {}), scalars.series, scalars.seconds)
+    config = config or {}
+    monitor = (config.get("best_checkpoint") or {}).get("monitor") or "val/min_recall"
+    return Run(path, f"{path.parent.name}/{path.name}", strategy_of(config), scalars.series, scalars.seconds, monitor)
 
 
 def strategy_of(config: dict) -> str:
-    """The imbalance strategy a resolved config.yaml describes, e.g. ``oversample 1.0, threshold tuned``."""
+    """The imbalance strategy a resolved config.yaml describes, e.g. ``oversample 1.0, threshold tuned``
+    or ``boundary 0.5 + oversample 1.0, focal, threshold tuned``."""
     data, model = config.get("data") or {}, config.get("model") or {}
     if not data:
         return "?"
+    parts = []
     if data.get("train_distribution") == "balanced":
-        what = f"balanced {data.get('sampling_ratio')}"
-    elif data.get("sampling", "none") != "none":
-        what = f"{data['sampling']} {data.get('sampling_ratio')}"
-    elif model.get("pos_weight") is not None:
-        what = f"pos_weight {model['pos_weight']}"
-    else:
-        what = "none"
+        parts.append(f"balanced {data.get('sampling_ratio')}")
+    if data.get("train_distribution") == "boundary":
+        parts.append(f"boundary {data.get('boundary_share')}")
+    if data.get("sampling", "none") != "none":
+        parts.append(f"{data['sampling']} {data.get('sampling_ratio')}")
+    what = " + ".join(parts) or "none"
+    if model.get("pos_weight") is not None:
+        what += f", pos_weight {model['pos_weight']}"
+    if model.get("loss", "bce") != "bce":
+        what += f", {model['loss']}"
     return f"{what}, threshold {model.get('decision_threshold', 0.5)}"
 
 
@@ -187,8 +197,9 @@ def fit_summary(run_dir: Path, best: Any, configs: list[str]) -> str:
     last = run_dir / "checkpoints" / "last.ckpt"
     lines = [f"lightsum: fit finished: {run_dir} ({values['epochs']} validated epochs, {run.seconds:.0f} s of training)"]
     if best.best_model_path:
-        lines += [f"  best checkpoint  {best.best_model_path}  (epoch {values.get('epoch')}, by val/min_recall)",
-                  "    val " + "  ".join(f"{m} {values[m]:.5f}" for m in ("recall_0", "recall_1", "min_recall") if m in values)
+        lines += [f"  best checkpoint  {best.best_model_path}  (epoch {values.get('epoch')}, by {best.monitor})",
+                  "    val " + "  ".join(f"{m} {values[m]:.5f}" for m in ("recall_0", "recall_1", "min_recall", "boundary_accuracy")
+                                        if m in values)
                   + (f"  missed {values['missed_0']:.0f} + {values['missed_1']:.0f} of {values['sequences']:.0f}"
                      if "missed_0" in values else "")
                   + (f"  decision threshold {values['decision_threshold']:.4g}" if "decision_threshold" in values else "")]
@@ -252,7 +263,8 @@ def report_main(argv: list[str]) -> None:
         for run, file in zip(runs, figure_files([run.name for run in runs])):
             plot(run, out / file)
     text = table(runs)
-    footnote = ("Validation metrics at the epoch with the best val/min_recall (the best checkpoint); "
+    footnote = ("Validation metrics at the epoch of each run's best checkpoint (by its best_checkpoint.monitor, "
+                "val/min_recall where config.yaml does not say); "
             "seconds: wall time from each event file's creation to its last scalar.")
     with AtomicFile(out / "report.md", "w") as md:
         md.write(f"{text}\n\n{footnote}\n")

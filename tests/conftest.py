@@ -22,6 +22,8 @@ def tiny(root: Path, epochs: int = 2) -> list[str]:
         "--data.num_samples=600",
         "--data.test_samples=500",
         "--model.hidden_size=8",
+        "--data.calibration_per_sum=20",  # 600 calibration and 200 boundary sequences, not 30k and 10k
+        "--data.boundary_per_sum=20",
     ]
 
 

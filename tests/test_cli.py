@@ -76,7 +76,7 @@ def test_hparams_tab_lists_val_metrics(run_root: Path) -> None:
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     # Five metrics (the columns TensorBoard shows unasked), every model and data argument.
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/min_recall", "val/recall_0", "val/recall_1",
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/min_recall", "val/boundary_accuracy", "val/recall_0",
                                                             "val/missed_0", "val/missed_1"]
     names = {h.name for h in experiment.hparam_infos}
     assert {f"model.{k}" for k in cli.model.hparams if not k.startswith("_")} <= names
@@ -111,8 +111,12 @@ def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
     val = {tag: dict(points) for tag, points in scalars(run_dir).items()}
     step = next(s for s, e in scalars(run_dir)["epoch"] if e == epoch and s in val["val/min_recall"])
     assert summary[0].startswith(f"{run_dir} (2 validated epochs")
-    assert summary[1] == f"  best checkpoint  {best}  (epoch {epoch}, by val/min_recall)"
+    assert summary[1] == f"  best checkpoint  {best}  (epoch {epoch}, by val/boundary_accuracy)"
     assert f"min_recall {val['val/min_recall'][step]:.5f}" in summary[2]
+    assert f"boundary_accuracy {val['val/boundary_accuracy'][step]:.5f}" in summary[2]
+    # The best checkpoint is the first epoch with the highest boundary accuracy, as ModelCheckpoint keeps.
+    by_epoch = [val["val/boundary_accuracy"][s] for s, _ in scalars(run_dir)["val/boundary_accuracy"]]
+    assert epoch == by_epoch.index(max(by_epoch))
     assert f"decision threshold {val['val/decision_threshold'][step]:.4g}" in summary[2]
     assert summary[3].startswith(f"  last checkpoint  {run_dir / 'checkpoints' / 'last.ckpt'}")
     assert summary[5] == f"  python -m lightsum test --ckpt_path {best}"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lightsum.data import SumDataModule
-from lightsum.data.datamodule import EachSequenceOnce, labels_of, natural_digits, stream
-from lightsum.data.synthesis import class_probability
+from lightsum.data.datamodule import BOUNDARY, CALIBRATION, NATURAL, EachSequenceOnce, labels_of, natural_digits, stream
+from lightsum.data.synthesis import class_probability, sum_probabilities
 
 
 def make(stage: str = "fit", **kwargs) -> SumDataModule:
@@ -60,6 +60,80 @@ def test_balanced_training_split_keeps_validation_natural() -> None:
     assert torch.equal(natural.val_set.digits, balanced.val_set.digits)
 
 
+def test_boundary_training_split_draws_its_share_uniformly_over_the_window() -> None:
+    dm = make(num_samples=50_000, train_distribution="boundary", boundary_share=0.4, boundary_window=10)
+    natural = make(num_samples=50_000)
+    sums = dm.train_set.digits.long().sum(1)
+    assert dm.window == (90, 109)
+    inside = (sums >= 90) & (sums <= 109)
+    # 40% drawn inside the window, plus the natural rows that fall there (exact natural share).
+    p_window = float(sum_probabilities(30)[90:110].sum())
+    assert inside.double().mean().item() == pytest.approx(0.4 + 0.6 * p_window, abs=0.01)
+    counts = torch.bincount(sums[inside] - 90, minlength=20).double()
+    assert counts.min() / counts.max() > 0.8  # ~uniform over the 20 sums
+    assert torch.equal(dm.train_set.labels.bool(), sums >= 100)
+    assert torch.equal(dm.val_set.digits, natural.val_set.digits)  # validation stays natural
+    again = make(num_samples=50_000, train_distribution="boundary", boundary_share=0.4, boundary_window=10)
+    assert torch.equal(again.train_set.digits, dm.train_set.digits)  # a pure function of the seed
+
+
+def test_boundary_rows_are_redrawn_each_epoch_with_their_sums_as_a_pure_function_of_seed_and_epoch() -> None:
+    def epoch_digits(dm: SumDataModule, epoch: int) -> torch.Tensor:
+        dm.epoch_sampler.set_epoch(epoch)  # as Lightning does before the epoch's first batch
+        next(iter(dm.train_dataloader()))
+        return dm.train_set.digits.clone()
+
+    dm = make(num_samples=5000, train_distribution="boundary", sampling="oversample")
+    first, labels = dm.train_set.digits.clone(), dm.train_set.labels.clone()
+    e0, e1 = epoch_digits(dm, 0), epoch_digits(dm, 1)
+    rows = dm.boundary_rows
+    others = torch.ones(len(first), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(e1[others], first[others])  # natural rows stay
+    assert (e1[rows] != e0[rows]).any(1).float().mean() > 0.99  # new strings near the threshold ...
+    assert torch.equal(e1[rows].long().sum(1), dm.boundary_sums) and torch.equal(e0[rows].long().sum(1), dm.boundary_sums)
+    assert torch.equal(dm.train_set.labels, labels)  # ... with the same sums, so the same labels
+    other = make(num_samples=5000, train_distribution="boundary", sampling="oversample")
+    assert torch.equal(epoch_digits(other, 1), e1) and torch.equal(epoch_digits(other, 0), e0)  # any order
+    fixed = make(num_samples=5000, train_distribution="boundary", boundary_redraw=False)
+    assert torch.equal(epoch_digits(fixed, 3), first)
+
+
+def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -> None:
+    dm = make(num_samples=20_000, boundary_window=15, calibration_per_sum=50)
+    cal, val = dm.calibration_set, dm.val_set
+    sums = cal.digits.long().sum(1)
+    assert torch.equal(torch.bincount(sums, minlength=271)[85:115], torch.full((30,), 50))
+    assert sums.min() == 85 and sums.max() == 114 and torch.equal(cal.labels.bool(), sums >= 100)
+    p = sum_probabilities(30)
+    torch.testing.assert_close(cal.weights, (p[sums] / 50).float())
+    val_sums = val.digits.long().sum(1)
+    inside = (val_sums >= 85) & (val_sums <= 114)
+    assert torch.equal(val.weights == 0, inside)  # the calibration set stands in for them
+    assert float(val.weights.sum() + cal.weights.sum()) == pytest.approx(1.0, abs=0.02)
+    # One loader serves the three parts joined, each sequence tagged with its weight and part.
+    batches = list(dm.val_dataloader())
+    digits, labels, weights, parts = (torch.cat(t) for t in zip(*batches))
+    n_val, n_cal, n_boundary = len(val), len(cal), len(dm.boundary_set)
+    assert torch.equal(parts, torch.tensor([NATURAL] * n_val + [CALIBRATION] * n_cal + [BOUNDARY] * n_boundary, dtype=torch.uint8))
+    assert torch.equal(digits, torch.cat([val.digits, cal.digits, dm.boundary_set.digits]))
+    assert torch.equal(weights, torch.cat([val.weights, cal.weights, torch.zeros(n_boundary)]))
+    assert torch.equal(labels, torch.cat([val.labels, cal.labels, dm.boundary_set.labels]))
+    bare = make(num_samples=20_000, calibration_per_sum=0, boundary_per_sum=0)
+    assert bare.validation_set is bare.val_set and len(next(iter(bare.val_dataloader()))) == 2
+    only_boundary = make(num_samples=20_000, calibration_per_sum=0)
+    assert torch.equal(only_boundary.validation_set.weights[:4000], torch.full((4000,), 1 / 4000))
+
+
+def test_boundary_set_holds_equal_numbers_of_each_sum_threshold_minus_5_to_plus_4() -> None:
+    dm = make(boundary_per_sum=30, threshold=120)
+    sums = dm.boundary_set.digits.long().sum(1)
+    assert torch.equal(torch.bincount(sums, minlength=271)[115:125], torch.full((10,), 30)) and len(sums) == 300
+    assert dm.boundary_set.labels.sum() == 150
+    other = make(boundary_per_sum=30, threshold=120, seed=1)
+    assert not torch.equal(other.boundary_set.digits, dm.boundary_set.digits)
+
+
 def test_loader_serves_whole_batches() -> None:
     dm = make(batch_size=64)
     loader = dm.train_dataloader()
@@ -69,7 +143,7 @@ def test_loader_serves_whole_batches() -> None:
 
 
 def test_evaluation_loaders_use_their_own_batch_size() -> None:
-    dm = make(num_samples=10_000, batch_size=64, eval_batch_size=500)
+    dm = make(num_samples=10_000, batch_size=64, eval_batch_size=500, calibration_per_sum=0, boundary_per_sum=0)
     assert [len(y) for _, y in dm.val_dataloader()] == [500, 500, 500, 500]  # 2,000 validation sequences
     assert len(next(iter(dm.train_dataloader()))[1]) == 64
 
@@ -81,7 +155,10 @@ def test_evaluation_loaders_use_their_own_batch_size() -> None:
      ({"test_samples": -1}, "data.test_samples must be a positive integer, got -1"),
      ({"sampling_ratio": 0}, r"data.sampling_ratio must be in \(0, 1\], got 0"), ({"batch_size": 0}, "batch_size"), ({"eval_batch_size": 0}, "eval_batch_size"),
      ({"num_samples": 1, "val_fraction": 0.2}, "empty split"), ({"num_samples": 0}, "data.num_samples must be a positive integer, got 0"),
-     ({"sampling_ratio": 1.5}, r"data.sampling_ratio must be in \(0, 1\], got 1.5")],
+     ({"sampling_ratio": 1.5}, r"data.sampling_ratio must be in \(0, 1\], got 1.5"),
+     ({"boundary_share": 1.5}, r"data.boundary_share must be in \[0, 1\], got 1.5"),
+     ({"boundary_window": 0}, "data.boundary_window must be a positive integer, got 0"),
+     ({"calibration_per_sum": -1}, "data.calibration_per_sum must be an integer >= 0, got -1")],
 )
 def test_bad_arguments(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -123,7 +200,8 @@ def test_sizes_the_machine_cannot_hold_are_refused_before_anything_is_allocated(
 
 
 def _batches(dm: SumDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(d.cpu(), y.cpu()) for d, y in dm.train_dataloader()] + [(d.cpu(), y.cpu()) for d, y in dm.val_dataloader()]
+    evaluation = [tuple(t.cpu() for t in batch) for batch in dm.val_dataloader()]
+    return [(d.cpu(), y.cpu()) for d, y in dm.train_dataloader()] + evaluation
 
 
 def _attached(placement: str, accelerator: str) -> SumDataModule:
@@ -164,5 +242,5 @@ def test_device_placement_serves_the_same_batches_with_no_host_sync() -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all(d.is_cuda and y.is_cuda for d, y in on_device)
-    for (a, b), (c, e) in zip(_batches(host), _batches(device), strict=True):
-        assert torch.equal(a, c) and torch.equal(b, e)
+    for ours, theirs in zip(_batches(host), _batches(device), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))

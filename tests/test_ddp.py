@@ -25,14 +25,16 @@ def run(*args: str) -> None:
 
 
 def scored_test_metrics(command: list[str], run_dir: Path, tmp_path: Path) -> dict[str, float]:
-    """Run a ``test`` command; the test/* values of the event file it adds to the checkpoint's run."""
+    """Run a ``test`` or ``validate`` command; the test/* or val/* values of the event file it adds
+    to the checkpoint's run."""
     before = set(run_dir.glob("events.out.tfevents.*"))
     run(*command)
     (new,) = set(run_dir.glob("events.out.tfevents.*")) - before
     alone = tmp_path / new.name
     alone.mkdir()
     shutil.copy(new, alone)
-    return {tag: points[-1][1] for tag, points in scalars(alone).items() if tag.startswith("test/")}
+    stage = "val/" if command[0] == "validate" else "test/"
+    return {tag: points[-1][1] for tag, points in scalars(alone).items() if tag.startswith(stage)}
 
 
 def test_two_process_ddp_reports_the_single_process_metrics(run_root: Path, tmp_path: Path) -> None:
@@ -47,6 +49,23 @@ def test_two_process_ddp_reports_the_single_process_metrics(run_root: Path, tmp_
     assert two.keys() == one.keys() and len(two) >= 9
     for tag in two:
         # Counts are exact; AUROC, AP and the mean loss see the same values in another order.
+        assert two[tag] == pytest.approx(one[tag], abs=1e-6), tag
+
+
+@pytest.mark.parametrize("loss", ["focal", "logit_adjusted"])
+def test_each_loss_trains_under_ddp_and_validates_as_one_process(loss: str, run_root: Path, tmp_path: Path) -> None:
+    """Both losses train on 2 processes; the natural, calibration and boundary sets are each
+    split over the ranks and gathered: validation on 2 processes gives the single-process figures."""
+    common = [*tiny(run_root), "--trainer.accelerator=cpu", f"--model.loss={loss}", "--data.sampling=none",
+              "--data.calibration_per_sum=21", "--data.boundary_per_sum=21"]  # odd set sizes
+    ddp = ["--config", str(REPO / "configs" / "ddp.yaml")]
+    run("fit", *ddp, *common)
+    run_dir = run_root / "default" / "version_0"
+    (best,) = run_dir.glob("checkpoints/best-*.ckpt")
+    two = scored_test_metrics(["validate", *ddp, *common, f"--ckpt_path={best}"], run_dir, tmp_path)
+    one = scored_test_metrics(["validate", *common, f"--ckpt_path={best}"], run_dir, tmp_path)
+    assert "val/boundary_accuracy" in two and two.keys() == one.keys()
+    for tag in two:
         assert two[tag] == pytest.approx(one[tag], abs=1e-6), tag
 
 
@@ -74,7 +93,7 @@ def test_torchrun_two_nodes_on_one_machine(run_root: Path) -> None:
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in errors[1]
     # One run folder, written by global rank 0; each rank took half of every resampled epoch.
     (last,) = run_root.glob("default/version_*/checkpoints/last.ckpt")
-    data = SumDataModule(num_samples=600, sampling="oversample", batch_size=256)  # the default config under tiny()
+    data = SumDataModule(num_samples=600, train_distribution="boundary", batch_size=256)  # the default under tiny()
     data.setup("fit")
     steps_per_epoch = math.ceil(math.ceil(len(data.epoch_sampler) / 2) / 256)
     assert torch.load(last, weights_only=True)["global_step"] == 2 * steps_per_epoch

@@ -32,7 +32,7 @@ SKIPPED = {  # command prefix -> why it cannot run here
     "python benchmarks/": "benchmarks take minutes; their figures are measured, not tested",
 }
 TINY = ["--trainer.max_epochs=1", "--data.num_samples=4000", "--data.test_samples=1000", "--model.hidden_size=8",
-        "--trainer.enable_progress_bar=false"]
+        "--data.calibration_per_sum=20", "--data.boundary_per_sum=20", "--trainer.enable_progress_bar=false"]
 LIGHTSUM = re.compile(r"^python -m lightsum (fit|validate|test|predict)\b")
 
 

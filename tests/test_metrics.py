@@ -50,3 +50,26 @@ def test_evaluation_scores_keep_every_score_in_float32_until_reset() -> None:
     scores.reset()
     scores.update(torch.tensor([3.0]), torch.tensor([0]))
     assert scores.gathered()[0].tolist() == [3.0]  # 1-D even for one score
+
+
+def test_weighted_roc_with_unit_weights_is_torchmetrics_roc() -> None:
+    from torchmetrics.functional.classification import binary_roc
+
+    from lightsum.metrics import weighted_roc
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(500, generator=g).round(decimals=2)  # ties, as real scores have
+    target = (torch.rand(500, generator=g) < probs).long()
+    for ours, theirs in zip(weighted_roc(probs, target, torch.ones(500)), binary_roc(probs, target), strict=True):
+        torch.testing.assert_close(ours.double(), theirs.double())
+
+
+def test_weighted_tuning_counts_a_weight_as_that_many_copies_and_ignores_weight_zero() -> None:
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(300, generator=g)
+    target = (torch.rand(300, generator=g) < probs).long()
+    copies = torch.randint(0, 4, (300,), generator=g)
+    repeated = tune_threshold(probs.repeat_interleave(copies), target.repeat_interleave(copies))
+    assert tune_threshold(probs, target, copies.float()) == pytest.approx(repeated, abs=1e-9)
+    # Scaling all weights changes nothing; a sequence of weight 0 is not there.
+    assert tune_threshold(probs, target, copies.float() * 1e-4) == pytest.approx(repeated, abs=1e-9)

@@ -84,7 +84,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bitwise_equal(tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize(("sampling", "distribution"), [
     ("none", "natural"), ("undersample", "natural"), ("weighted", "natural"), ("none", "balanced"),
-    ("oversample", "balanced"),
+    ("oversample", "balanced"), ("oversample", "boundary"),
 ])
 def test_every_strategy_resumes_exactly_mid_epoch(sampling: str, distribution: str, tmp_path: Path) -> None:
     size = {"num_samples": 20_000, "batch_size": 16} if sampling == "undersample" else {}  # epochs of several batches

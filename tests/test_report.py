@@ -26,17 +26,17 @@ def test_report_draws_a_figure_and_a_table(run_dir: Path, tmp_path: Path, capsys
     row = next(line for line in table.splitlines() if line.startswith(f"| {run_dir.parent.name}/{run_dir.name} "))
     cells = [c.strip() for c in row.strip("|").split("|")]
     series = scalars(run_dir)
-    best = max(range(EPOCHS), key=lambda i: (series["val/min_recall"][i][1], -i))
-    expected = [f"{series[f'val/{m}'][best][1]:{'.0f' if m.startswith('missed') else '.4f'}}"
-                for m in ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "average_precision_0", "auroc")]
+    best = max(range(EPOCHS), key=lambda i: (series["val/boundary_accuracy"][i][1], -i))  # the default's monitor
+    metrics = ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "boundary_accuracy", "average_precision_0", "auroc")
+    expected = [f"{series[f'val/{m}'][best][1]:{'.0f' if m.startswith('missed') else '.4f'}}" for m in metrics]
     assert table.splitlines()[0] == ("| run | strategy | recall_0 | recall_1 | min_recall | missed_0 | missed_1 | "
-                                     "average_precision_0 | auroc | best epoch | epochs | seconds |")
-    assert cells[1] == "oversample 1.0, threshold tuned"
-    assert cells[2:9] == expected
-    assert cells[9:11] == [str(best), str(EPOCHS)]
+                                     "boundary_accuracy | average_precision_0 | auroc | best epoch | epochs | seconds |")
+    assert cells[1] == "boundary 0.5, threshold tuned"
+    assert cells[2:10] == expected
+    assert cells[10:12] == [str(best), str(EPOCHS)]
     # The best epoch is the one the best checkpoint holds.
     assert (run_dir / "checkpoints" / f"best-epoch={best:03d}.ckpt").is_file()
-    assert 0 < float(cells[11]) < 120
+    assert 0 < float(cells[12]) < 120
 
 
 def test_a_runs_figure_shows_errors_per_class_on_a_log_axis(run_dir: Path, tmp_path: Path) -> None:
@@ -74,12 +74,13 @@ def test_a_full_disk_while_reporting_is_one_line_and_keeps_the_earlier_files(
 
 def test_report_compares_every_run_under_a_folder(run_dir: Path, tmp_path: Path) -> None:
     root = run_dir.parent.parent
-    main(["fit", *tiny(root, epochs=1), "--config", str(REPO / "configs/strategies/undersample.yaml")])
+    main(["fit", *tiny(root, epochs=1), "--data.train_distribution=natural", "--data.sampling=undersample",
+          "--model.loss=focal", "--trainer.logger.init_args.name=undersample"])
     main(["report", str(root), "--out", str(tmp_path), "--no-plots"])
     rows = [line for line in (tmp_path / "report.md").read_text().splitlines()[2:] if line.startswith("| ")]
     assert [r.split(" | ")[:2] for r in rows] == [
-        ["| default/version_0", "oversample 1.0, threshold tuned"],
-        ["| undersample/version_0", "undersample 1.0, threshold tuned"],
+        ["| default/version_0", "boundary 0.5, threshold tuned"],
+        ["| undersample/version_0", "undersample 1.0, focal, threshold tuned"],
     ]
     assert not list(tmp_path.glob("*.png"))
 

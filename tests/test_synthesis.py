@@ -175,3 +175,25 @@ def test_output_on_the_generators_device() -> None:
     digits = class_digits(10_000, 0, 30, 100, g)
     assert digits.device.type == "cuda" and digits.dtype == torch.uint8
     assert bool((digits.sum(1, dtype=torch.int64) < 100).all())
+
+
+def test_sum_probabilities_are_the_exact_counts_over_ten_to_the_length() -> None:
+    from lightsum.data.synthesis import sum_probabilities
+
+    p = sum_probabilities(30)
+    assert p.shape == (271,) and float(p.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(p[:100].sum()) == pytest.approx(class_probability(30, 100), rel=1e-12)
+    assert torch.equal(sum_probabilities(2), torch.tensor([c / 100 for c in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)],
+                                                          dtype=torch.float64))
+
+
+def test_window_sums_are_uniform_over_the_window_and_clipped_to_possible_sums() -> None:
+    from lightsum.data.synthesis import window_sums
+
+    g = torch.Generator().manual_seed(0)
+    sums = window_sums(60_000, 85, 114, 30, g)
+    counts = torch.bincount(sums - 85, minlength=30)
+    assert sums.min() == 85 and sums.max() == 114 and counts.min() > 1800 and counts.max() < 2200
+    assert set(window_sums(1000, -5, 3, 30, g).tolist()) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="holds no digit sum"):
+        window_sums(1, 300, 310, 30, g)

@@ -13,15 +13,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lightsum.data.samplers import ResampledSampler, Sampling
 from lightsum.data.sequences import Layout, read_sequences
-from lightsum.data.synthesis import class_digits, class_probability
-from lightsum.errors import POSITIVE_INT, check_arguments, is_number
+from lightsum.data.synthesis import class_digits, class_probability, digits_with_sums, sum_probabilities, window_sums
+from lightsum.errors import NON_NEGATIVE_INT, POSITIVE_INT, check_arguments, is_number
 
-TrainDistribution = Literal["natural", "balanced"]
+TrainDistribution = Literal["natural", "balanced", "boundary"]
 Placement = Literal["auto", "host", "device"]
 
 # Independent random streams per split: the test set never shares draws with train/val, and the
 # validation set is the same whatever the training distribution, so runs compare fairly.
-_STREAMS = {"train": 0, "val": 1, "test": 2}
+_STREAMS = {"train": 0, "val": 1, "test": 2, "calibration": 3, "boundary": 4, "boundary_redraw": 5}
+# The parts of the validation set, tagged per sequence in its batches: natural data (every val/
+# metric), the threshold's calibration set around the threshold, the boundary set (val/boundary_accuracy).
+NATURAL, CALIBRATION, BOUNDARY = 0, 1, 2
+BOUNDARY_SUMS = (-5, 5)  # the boundary set: sums threshold-5 .. threshold+4, as many of each
 _SYNTHESIS_CHUNK = 262_144  # rows of one class drawn at a time: bounded temporaries
 _LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
 
@@ -29,6 +33,9 @@ _RULES = {
     **dict.fromkeys(("num_samples", "seq_len", "test_samples", "batch_size", "eval_batch_size"), POSITIVE_INT),
     "val_fraction": (lambda v: is_number(v) and 0.0 < v < 1.0, "in (0, 1)"),
     "sampling_ratio": (lambda v: is_number(v) and 0.0 < v <= 1.0, "in (0, 1]"),
+    "boundary_share": (lambda v: is_number(v) and 0.0 <= v <= 1.0, "in [0, 1]"),
+    "boundary_window": POSITIVE_INT,
+    **dict.fromkeys(("calibration_per_sum", "boundary_per_sum"), NON_NEGATIVE_INT),
 }
 
 
@@ -50,9 +57,10 @@ def check_memory(needed: int) -> None:
                          f"{available / 1e9:.1f} GB available: use a smaller data.num_samples")
 
 
-def stream(seed: int, split: str) -> torch.Generator:
-    """A CPU generator for one split, a pure function of (seed, split)."""
-    state = np.random.SeedSequence([seed, _STREAMS[split]]).generate_state(2, dtype=np.uint32)
+def stream(seed: int, split: str, epoch: int | None = None) -> torch.Generator:
+    """A CPU generator for one split, a pure function of (seed, split) or of (seed, split, epoch)."""
+    key = [seed, _STREAMS[split]] if epoch is None else [seed, _STREAMS[split], epoch]
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -79,29 +87,40 @@ class DigitBatches(Dataset):
 
     ``__getitems__`` lets the DataLoader fetch a batch with one tensor index instead of
     ``batch_size`` calls to ``__getitem__`` plus collate (several times faster at batch 50).
+    Batches are ``(digits, labels)``; those of the validation set, which joins several parts, are
+    ``(digits, labels, weights, parts)``: each sequence's weight in tuning the decision threshold
+    and its part (``NATURAL``, ``CALIBRATION`` or ``BOUNDARY``).
     """
 
-    def __init__(self, digits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.digits, self.labels = digits, labels
+    def __init__(self, digits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                 parts: torch.Tensor | None = None) -> None:
+        self.digits, self.labels, self.weights, self.parts = digits, labels, weights, parts
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        if self.parts is None:
+            return self.digits, self.labels
+        return self.digits, self.labels, self.weights, self.parts
 
     def to(self, device: torch.device) -> DigitBatches:
         """Moves the tensors once; batches are then gathered where the data lives."""
         self.digits, self.labels = self.digits.to(device), self.labels.to(device)
+        if self.parts is not None:
+            self.weights, self.parts = self.weights.to(device), self.parts.to(device)
         return self
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.digits[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[index] for t in self.tensors())
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices)
         if self.digits.is_cuda:
             # Only the indices cross, from pinned memory and without blocking: the host queues the
             # gather and moves on, so a step never waits on a host-to-device copy.
             index = index.pin_memory().to(self.digits.device, non_blocking=True)
-        return self.digits[index], self.labels[index]
+        return tuple(t[index] for t in self.tensors())
 
 
 def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,11 +139,15 @@ class ResumableLoader(DataLoader):
 
     Args:
         trained_batches: returns the batches of the running epoch trained so far.
+        before_epoch: called at the first ``next()`` of each epoch, before any batch (and before
+            the skip): the data module redraws its boundary rows for the epoch there.
     """
 
-    def __init__(self, *args, trained_batches: Callable[[], int] | None = None, **kwargs) -> None:
+    def __init__(self, *args, trained_batches: Callable[[], int] | None = None,
+                 before_epoch: Callable[[], None] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.trained_batches = trained_batches
+        self.before_epoch = before_epoch
         self._skip = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -136,11 +159,13 @@ class ResumableLoader(DataLoader):
     def __iter__(self) -> Iterator:
         skip, self._skip = self._skip, 0
         batches = super().__iter__()
-        return batches if not skip else _after(batches, skip)
+        return batches if not (skip or self.before_epoch) else _epoch(batches, skip, self.before_epoch)
 
 
-def _after(batches: Iterator, skip: int) -> Iterator:
-    """``batches`` without its first ``skip`` items, dropped at the first ``next()``."""
+def _epoch(batches: Iterator, skip: int, before: Callable[[], None] | None) -> Iterator:
+    """``batches`` after ``before()`` and without its first ``skip`` items, both at the first ``next()``."""
+    if before is not None:
+        before()
     for _ in range(skip):
         next(batches)
     yield from batches
@@ -180,8 +205,26 @@ class SumDataModule(pl.LightningDataModule):
         sampling: resampling of the training split each epoch: ``none``, ``oversample``,
             ``undersample`` or ``weighted``.
         sampling_ratio: minority/majority ratio after resampling, in (0, 1].
-        train_distribution: ``natural`` (uniform digits) or ``balanced`` (training split drawn
-            exactly from each class's conditional distribution, at ``sampling_ratio``).
+        train_distribution: ``natural`` (uniform digits), ``balanced`` (training split drawn
+            exactly from each class's conditional distribution, at ``sampling_ratio``) or
+            ``boundary`` (a ``boundary_share`` of the training split drawn with digit sums uniform
+            within ``boundary_window`` of the threshold, the rest natural; ``sampling`` then
+            resamples the whole split by label as usual).
+        boundary_share: share of the training split drawn near the threshold with
+            ``train_distribution: boundary``, in [0, 1].
+        boundary_window: the sums "near the threshold": ``threshold - boundary_window`` to
+            ``threshold + boundary_window - 1``, as many below as above. Used by the boundary
+            training share and the calibration set.
+        calibration_per_sum: the calibration set for ``model.decision_threshold: tuned``: this
+            many sequences of each sum in the window, drawn exactly, each weighted by its sum's
+            natural probability; the natural validation set stands for the sums outside the window.
+            0: tune on the natural validation set alone (about 80 sequences of sum 100 in 40k).
+        boundary_redraw: with ``train_distribution: boundary``, draw the boundary rows' digits
+            afresh at the start of every epoch, keeping each row's sum (and so its label, which the
+            samplers group by): every epoch sees new strings near the threshold. The draw is a
+            pure function of (seed, epoch), the same on every DDP rank and on resume.
+        boundary_per_sum: the fixed boundary set behind ``val/boundary_accuracy``: this many
+            sequences of each sum ``threshold - 5`` to ``threshold + 4``, drawn exactly. 0: off.
         predict_path: sequences to ``predict``: a CSV/text file (one sequence per line, digits
             comma-separated or as one string) or a ``.npy`` array (N, seq_len). Default: the
             generated test set.
@@ -205,6 +248,11 @@ class SumDataModule(pl.LightningDataModule):
         sampling: Sampling = "none",
         sampling_ratio: float = 1.0,
         train_distribution: TrainDistribution = "natural",
+        boundary_share: float = 0.5,
+        boundary_window: int = 15,
+        boundary_redraw: bool = True,
+        calibration_per_sum: int = 100,
+        boundary_per_sum: int = 100,
         predict_path: str | None = None,
         placement: Placement = "auto",
     ) -> None:
@@ -221,9 +269,14 @@ class SumDataModule(pl.LightningDataModule):
         check_memory(self.memory_needed())
         self.train_set: DigitBatches | None = None
         self.val_set: DigitBatches | None = None
+        self.calibration_set: DigitBatches | None = None
+        self.boundary_set: DigitBatches | None = None
+        self.validation_set: DigitBatches | None = None  # what val_dataloader serves: the parts above, joined
         self.test_set: DigitBatches | None = None
         self.predict_set: DigitBatches | None = None
         self.epoch_sampler: ResampledSampler | None = None
+        self.boundary_rows: torch.Tensor | None = None  # positions and sums of the training split's boundary rows
+        self.boundary_sums: torch.Tensor | None = None
 
     def memory_needed(self) -> int:
         """Bytes of host memory ``setup`` needs, estimated before anything is allocated: the digits
@@ -231,7 +284,7 @@ class SumDataModule(pl.LightningDataModule):
         digits, benchmarks/scale.py), and the training epoch's indices (an int64 tensor, and a
         Python list of ~40 bytes an index where Lightning's DDP sampler wrapper lists them)."""
         h = self.hparams
-        rows = h.num_samples + h.test_samples
+        rows = h.num_samples + h.test_samples + self.window_size * h.calibration_per_sum + 10 * h.boundary_per_sum
         epoch = 2 * self.num_train if h.sampling == "oversample" else self.num_train
         return 2 * rows * (h.seq_len + 1) + 48 * epoch + 64 * 2**20  # + the first tensors' fixed cost
 
@@ -243,6 +296,16 @@ class SumDataModule(pl.LightningDataModule):
     def num_train(self) -> int:
         return self.hparams.num_samples - self.num_val
 
+    @property
+    def window(self) -> tuple[int, int]:
+        """The sums near the threshold, inclusive (``boundary_window`` each side), clipped to the possible sums."""
+        h = self.hparams
+        return max(h.threshold - h.boundary_window, 0), min(h.threshold + h.boundary_window - 1, 9 * h.seq_len)
+
+    @property
+    def window_size(self) -> int:
+        return self.window[1] - self.window[0] + 1
+
     def data_device(self) -> torch.device:
         """The device the sequences are kept on (see ``placement``)."""
         if self.hparams.placement == "host" or self.trainer is None:
@@ -251,11 +314,21 @@ class SumDataModule(pl.LightningDataModule):
         return device if self.hparams.placement == "device" or device.type == "cuda" else torch.device("cpu")
 
     def train_digits(self) -> torch.Tensor:
-        """The training split's digits (natural or class-balanced)."""
+        """The training split's digits (natural, class-balanced, or natural with boundary rows)."""
         h = self.hparams
         g = stream(h.seed, "train")
-        if h.train_distribution == "natural":
-            return natural_digits(self.num_train, h.seq_len, g)
+        if h.train_distribution != "balanced":
+            digits = natural_digits(self.num_train, h.seq_len, g)
+            if h.train_distribution == "boundary":
+                # A uniformly random placement of the boundary rows, each drawn exactly for a sum
+                # uniform over the window (no rejection).
+                rows = torch.randperm(self.num_train, generator=g)[:round(self.num_train * h.boundary_share)]
+                self.boundary_rows = rows
+                self.boundary_sums = window_sums(len(rows), *self.window, h.seq_len, g)
+                for chunk, sums in zip(rows.split(_SYNTHESIS_CHUNK), self.boundary_sums.split(_SYNTHESIS_CHUNK)):
+                    digits[chunk] = digits_with_sums(sums, h.seq_len, g)
+            return digits
+
         # Minority (label 0 unless the threshold makes label 1 rarer) at sampling_ratio of majority.
         minority = 0 if class_probability(h.seq_len, h.threshold) <= 0.5 else 1
         n, n_min = self.num_train, round(self.num_train * h.sampling_ratio / (1 + h.sampling_ratio))
@@ -269,6 +342,17 @@ class SumDataModule(pl.LightningDataModule):
             for chunk in rows.nonzero().squeeze(1).split(_SYNTHESIS_CHUNK):
                 digits[chunk] = class_digits(len(chunk), label, h.seq_len, h.threshold, g)
         return digits
+
+    def redraw_boundary(self) -> None:
+        """New digits for the boundary rows, with the same sums, for the sampler's epoch (a pure
+        function of (seed, epoch)): the loader calls it as each training epoch starts."""
+        h = self.hparams
+        if not h.boundary_redraw or self.boundary_rows is None:
+            return
+        g = stream(h.seed, "boundary_redraw", self.epoch_sampler.epoch)
+        digits = self.train_set.digits
+        for chunk, sums in zip(self.boundary_rows.split(_SYNTHESIS_CHUNK), self.boundary_sums.split(_SYNTHESIS_CHUNK)):
+            digits[chunk.to(digits.device)] = digits_with_sums(sums, h.seq_len, g).to(digits.device)
 
     def _labelled(self, digits: torch.Tensor, split: str) -> DigitBatches:
         """A split with its labels, refused when a class is missing (its recall would be undefined)."""
@@ -286,6 +370,40 @@ class SumDataModule(pl.LightningDataModule):
                 )
         return DigitBatches(digits, labels)
 
+    def per_sum_set(self, lo: int, hi: int, per_sum: int, split: str) -> torch.Tensor:
+        """``per_sum`` sequences of each sum ``lo..hi``, drawn exactly from the split's own stream, in sum order."""
+        sums = torch.arange(lo, hi + 1).repeat_interleave(per_sum)
+        return digits_with_sums(sums, self.hparams.seq_len, stream(self.hparams.seed, split))
+
+    def boundary_sums_set(self, split: str) -> DigitBatches | None:
+        """The boundary set: ``boundary_per_sum`` sequences of each sum threshold-5 .. threshold+4."""
+        h = self.hparams
+        if not h.boundary_per_sum:
+            return None
+        lo, hi = (min(max(h.threshold + k, 0), 9 * h.seq_len + 1) for k in BOUNDARY_SUMS)
+        digits = self.per_sum_set(lo, hi - 1, h.boundary_per_sum, split)
+        return DigitBatches(digits, labels_of(digits, h.threshold))
+
+    def calibration_set_for(self, natural: DigitBatches) -> DigitBatches | None:
+        """Weights the natural validation set for tuning, and returns the calibration set.
+
+        Tuning maximises balanced accuracy on the natural distribution. Outside the window the
+        natural validation set estimates it (each sequence weighs 1 / its size); inside, where
+        errors are made, the calibration set does: its sequences of sum ``s`` weigh
+        ``P(s) / calibration_per_sum``, which is what uniform digits would give that sum. The
+        natural sequences inside the window weigh 0: the calibration set stands in for them.
+        """
+        h = self.hparams
+        if not h.calibration_per_sum:
+            return None
+        lo, hi = self.window
+        sums = natural.digits.sum(1, dtype=torch.int64)
+        inside = (sums >= lo) & (sums <= hi)
+        natural.weights = torch.where(inside, 0.0, 1.0 / len(sums)).to(torch.float32)
+        digits = self.per_sum_set(lo, hi, h.calibration_per_sum, "calibration")
+        p = sum_probabilities(h.seq_len)[lo:hi + 1] / h.calibration_per_sum
+        return DigitBatches(digits, labels_of(digits, h.threshold), p.to(torch.float32).repeat_interleave(h.calibration_per_sum))
+
     def load_predict_file(self) -> None:
         """Read and check ``predict_path`` now (``setup("predict")`` does it otherwise). The CLI
         calls this before the trainer exists, so a bad file is refused before a run folder is made."""
@@ -300,6 +418,9 @@ class SumDataModule(pl.LightningDataModule):
             self.epoch_sampler = ResampledSampler(self.train_set.labels, h.sampling, h.sampling_ratio, h.seed)
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = self._labelled(natural_digits(self.num_val, h.seq_len, stream(h.seed, "val")), "validation")
+            self.calibration_set = self.calibration_set_for(self.val_set)
+            self.boundary_set = self.boundary_sums_set("boundary")
+            self.validation_set = self.joined_validation_set()
         if (stage == "test" or (stage == "predict" and not h.predict_path)) and self.test_set is None:
             self.test_set = self._labelled(natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test")), "test")
         if stage == "predict":
@@ -307,7 +428,7 @@ class SumDataModule(pl.LightningDataModule):
             if self.predict_set is None:
                 self.predict_set = self.test_set
         device = self.data_device()
-        for split in (self.train_set, self.val_set, self.test_set, self.predict_set):
+        for split in (self.train_set, self.validation_set, self.test_set, self.predict_set):
             if split is not None and split.digits.device != device:
                 split.to(device)
 
@@ -334,10 +455,34 @@ class SumDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler, ResumableLoader,
-                            trained_batches=self.trained_batches)
+                            trained_batches=self.trained_batches,
+                            before_epoch=self.redraw_boundary if self.boundary_rows is not None else None)
+
+    def joined_validation_set(self) -> DigitBatches:
+        """The natural validation set, followed by the calibration and boundary sets where they exist,
+        as one set whose batches tag each sequence with its part and tuning weight. One set, so one
+        loader: each sequence is evaluated once across DDP ranks like any other, and Lightning shows
+        one validation loop, not one per part."""
+        natural = self.val_set
+        extra = [(code, part) for code, part in ((CALIBRATION, self.calibration_set), (BOUNDARY, self.boundary_set))
+                 if part is not None]
+        if not extra:
+            return natural
+        weights = [natural.weights if natural.weights is not None else torch.full((len(natural),), 1 / len(natural))]
+        parts = [natural, *(part for _, part in extra)]
+        codes = [NATURAL, *(code for code, _ in extra)]
+        weights += [part.weights if code == CALIBRATION else torch.zeros(len(part)) for code, part in extra]
+        return DigitBatches(torch.cat([p.digits for p in parts]), torch.cat([p.labels for p in parts]),
+                            torch.cat(weights).to(torch.float32),
+                            torch.cat([torch.full((len(p),), c, dtype=torch.uint8) for p, c in zip(parts, codes)]))
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
+        return self._eval_loader(self.validation_set)
+
+    def positive_share(self) -> float:
+        """Share of label 1 in the training batches as served (after resampling): the prior the
+        loss sees, which ``model.loss: logit_adjusted`` corrects for."""
+        return self.epoch_sampler.positive_share()
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)

@@ -48,6 +48,7 @@ class ResampledSampler(Sampler[int]):
         labels = torch.as_tensor(labels).flatten().to(torch.bool)
         self.sampling, self.ratio, self.seed, self.epoch = sampling, ratio, seed, 0
         minority = bool(labels.sum() * 2 < labels.numel())  # the label value of the rarer class
+        self.minority_label = int(minority)
         self.minority = torch.nonzero(labels == minority).flatten()
         self.majority = torch.nonzero(labels != minority).flatten()
         n_min, n_maj = len(self.minority), len(self.majority)
@@ -59,6 +60,14 @@ class ResampledSampler(Sampler[int]):
             self.n_minority, self.n_majority = n_min, min(n_maj, math.ceil(n_min / ratio))
         else:  # none and weighted keep the split's size
             self.n_minority, self.n_majority = n_min, n_maj
+
+    def positive_share(self) -> float:
+        """Share of label 1 in an epoch's draws (for ``weighted``, the expected share)."""
+        if self.sampling == "weighted":
+            minority = self.ratio / (1 + self.ratio)
+        else:
+            minority = self.n_minority / max(len(self), 1)
+        return minority if self.minority_label == 1 else 1 - minority
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

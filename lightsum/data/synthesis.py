@@ -98,6 +98,27 @@ def class_probability(seq_len: int, threshold: int) -> float:
     return sum(counts[lo:hi + 1]) / 10**seq_len
 
 
+def sum_probabilities(seq_len: int) -> torch.Tensor:
+    """Exact ``P(digit sum = s)`` for ``s`` in ``0..9 * seq_len``, float64 (each correctly rounded).
+
+    The weights that carry a sample drawn per sum back to the natural distribution.
+    """
+    _check_seq_len(seq_len)
+    return torch.tensor([c / 10**seq_len for c in _exact_counts(seq_len)[seq_len]], dtype=torch.float64)
+
+
+def window_sums(n: int, lo: int, hi: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` digit sums drawn uniformly from ``[lo, hi]`` (clipped to the possible sums), int64.
+
+    With ``digits_with_sums`` this draws sequences whose sums are uniform over a window: the
+    sums near a threshold, which uniform digits make rare, as often as each other.
+    """
+    lo, hi = max(lo, 0), min(hi, 9 * seq_len)
+    if lo > hi:
+        raise ValueError(f"the window [{lo}, {hi}] holds no digit sum of {seq_len} digits")
+    return torch.randint(lo, hi + 1, (n,), generator=generator, dtype=torch.int64, device=generator.device)
+
+
 @functools.lru_cache(maxsize=16)
 def _log_counts(seq_len: int) -> torch.Tensor:
     """float64 ``log C`` of shape ``(seq_len + 1, 9 * seq_len + 1)``, -inf where there is no string.

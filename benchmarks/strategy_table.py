@@ -3,7 +3,7 @@
 Each (strategy, seed) trains the default model through the real CLI for ``--steps`` optimizer
 steps with the learning rate on a cosine decay over those steps (the default's schedule is per
 epoch, and epochs differ in length between strategies), validating 5 times; its best checkpoint
-(by val/min_recall, threshold tuned on the calibration set) is then scored on data no run trains
+(by the default's val/boundary_accuracy, threshold tuned on the calibration set) is then scored on data no run trains
 or tunes on: a fresh natural set and a fresh boundary set (sums threshold-5 .. threshold+4, equal
 numbers, exact conditional sampling), at the tuned threshold and at 0.5.
 

@@ -113,11 +113,13 @@ class SumClassifier(pl.LightningModule):
         """Logits of class 1 for digits (B, seq_len)."""
         return self.net(self.features(digits))
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, adjusted: bool = True) -> torch.Tensor:
+        """The training loss; ``adjusted=False`` leaves out logit adjustment's offset (which depends
+        on the training batches' prior), as evaluation does: its loss is that of what the model predicts."""
         h, target = self.hparams, target.to(logits.dtype)
         if h.loss == "focal":
             return sigmoid_focal_loss(logits, target, h.focal_gamma, h.focal_alpha)
-        if h.loss == "logit_adjusted":
+        if h.loss == "logit_adjusted" and adjusted:
             logits = logits + self.logit_adjustment
         # Unweighted, the loss skips the weighting ops, forward and backward; a weight of 1 gives
         # bitwise the same loss and gradients (tests/test_classifier.py).
@@ -200,7 +202,7 @@ class SumClassifier(pl.LightningModule):
             b_logits, b_target = boundary
             correct = (torch.sigmoid(b_logits) >= self.decision_threshold).long() == b_target.long()
             values["boundary_accuracy"] = correct.float().mean()
-        values["loss"] = self.loss(logits, target)
+        values["loss"] = self.loss(logits, target, adjusted=False)  # the same whether run in fit or alone
         values["decision_threshold"] = self.decision_threshold.clone()
         values["sequences"] = torch.tensor(float(len(target)))  # evaluated once each, over all ranks
         self.eval_outputs[stage] = (probs, target)

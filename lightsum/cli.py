@@ -116,7 +116,8 @@ class SumCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
-        if config.best_checkpoint.monitor == "val/boundary_accuracy" and not config.data.boundary_per_sum:
+        if (self.subcommand == "fit" and config.best_checkpoint.monitor == "val/boundary_accuracy"
+                and not config.data.boundary_per_sum):
             raise ValueError("best_checkpoint.monitor is val/boundary_accuracy, which data.boundary_per_sum=0 turns off: "
                              "use --best_checkpoint.monitor val/min_recall")
         if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):

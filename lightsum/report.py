@@ -31,6 +31,7 @@ class Run:
     series: dict[str, list[tuple[int, float]]]  # tag -> [(step, value)] sorted by step
     seconds: float
     monitor: str = "val/min_recall"  # what chose its best checkpoint (config.yaml's best_checkpoint.monitor)
+    mode: str = "max"  # and whether higher or lower was better (best_checkpoint.mode)
 
     def by_epoch(self, tag: str) -> list[tuple[int, float]]:
         """(epoch, value) of an epoch-level tag; epochs counted from 0, as in checkpoint names."""
@@ -45,7 +46,8 @@ class Run:
         scores = self.series.get(self.monitor) or self.series.get("val/min_recall", [])
         if not scores:
             return {"epochs": 0}
-        i = max(range(len(scores)), key=lambda k: (scores[k][1], -k))
+        sign = -1 if self.mode == "min" else 1
+        i = max(range(len(scores)), key=lambda k: (sign * scores[k][1], -k))
         step = scores[i][0]
         row = {tag[4:]: dict(points)[step] for tag, points in self.series.items()
                if tag.startswith("val/") and step in dict(points)}
@@ -108,8 +110,9 @@ def read_run(path: Path) -> Run:
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     config = config or {}
-    monitor = (config.get("best_checkpoint") or {}).get("monitor") or "val/min_recall"
-    return Run(path, f"{path.parent.name}/{path.name}", strategy_of(config), scalars.series, scalars.seconds, monitor)
+    best = config.get("best_checkpoint") or {}
+    return Run(path, f"{path.parent.name}/{path.name}", strategy_of(config), scalars.series, scalars.seconds,
+               best.get("monitor") or "val/min_recall", best.get("mode") or "max")
 
 
 def strategy_of(config: dict) -> str:

@@ -99,6 +99,33 @@ def test_boundary_rows_are_redrawn_each_epoch_with_their_sums_as_a_pure_function
     assert torch.equal(epoch_digits(fixed, 3), first)
 
 
+def test_a_fit_trains_each_epoch_on_that_epochs_redraw() -> None:
+    import pytorch_lightning as pl
+
+    from lightsum import SumClassifier
+    from lightsum.data.synthesis import digits_with_sums
+
+    seen = {}
+
+    class FirstBatch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                seen[trainer.current_epoch] = trainer.datamodule.train_set.digits[trainer.datamodule.boundary_rows].clone()
+
+    dm = SumDataModule(num_samples=3000, test_samples=500, batch_size=256, train_distribution="boundary",
+                       calibration_per_sum=5, boundary_per_sum=5)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         limit_val_batches=0, callbacks=[FirstBatch()], enable_model_summary=False)
+    class Model(SumClassifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    trainer.fit(Model(hidden_size=4), datamodule=dm)
+    assert sorted(seen) == [0, 1, 2]
+    for epoch, digits in seen.items():
+        assert torch.equal(digits, digits_with_sums(dm.boundary_sums, 30, stream(0, "boundary_redraw", epoch)))
+
+
 def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -> None:
     dm = make(num_samples=20_000, boundary_window=15, calibration_per_sum=50)
     cal, val = dm.calibration_set, dm.val_set
@@ -114,15 +141,19 @@ def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -
     # One loader serves the three parts joined, each sequence tagged with its weight and part.
     batches = list(dm.val_dataloader())
     digits, labels, weights, parts = (torch.cat(t) for t in zip(*batches))
-    n_val, n_cal, n_boundary = len(val), len(cal), len(dm.boundary_set)
-    assert torch.equal(parts, torch.tensor([NATURAL] * n_val + [CALIBRATION] * n_cal + [BOUNDARY] * n_boundary, dtype=torch.uint8))
-    assert torch.equal(digits, torch.cat([val.digits, cal.digits, dm.boundary_set.digits]))
-    assert torch.equal(weights, torch.cat([val.weights, cal.weights, torch.zeros(n_boundary)]))
-    assert torch.equal(labels, torch.cat([val.labels, cal.labels, dm.boundary_set.labels]))
+    n_boundary = len(dm.boundary_set)
+    for code, part, part_weights in ((NATURAL, val, val.weights), (CALIBRATION, cal, cal.weights),
+                                     (BOUNDARY, dm.boundary_set, torch.zeros(n_boundary))):
+        mine = parts == code
+        assert torch.equal(digits[mine], part.digits) and torch.equal(labels[mine], part.labels)  # in order
+        assert torch.equal(weights[mine], part_weights)
+        # Interleaved evenly: the first tenth of the joined set holds a tenth of each part (+-1).
+        assert abs(int(mine[:len(parts) // 10].sum()) - len(part) / 10) <= 1
     bare = make(num_samples=20_000, calibration_per_sum=0, boundary_per_sum=0)
     assert bare.validation_set is bare.val_set and len(next(iter(bare.val_dataloader()))) == 2
     only_boundary = make(num_samples=20_000, calibration_per_sum=0)
-    assert torch.equal(only_boundary.validation_set.weights[:4000], torch.full((4000,), 1 / 4000))
+    joined = only_boundary.validation_set
+    assert torch.equal(joined.weights[joined.parts == NATURAL], torch.full((4000,), 1 / 4000))
 
 
 def test_boundary_set_holds_equal_numbers_of_each_sum_threshold_minus_5_to_plus_4() -> None:

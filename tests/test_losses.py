@@ -66,6 +66,8 @@ def test_logit_adjusted_loss_is_bce_on_logits_shifted_by_the_served_prior(sampli
     assert float(model.logit_adjustment) == pytest.approx(offset, rel=1e-6)
     logits, target = torch.tensor([-2.0, 0.5, 3.0]), torch.tensor([0, 1, 1])
     torch.testing.assert_close(model.loss(logits, target), F.binary_cross_entropy_with_logits(logits + offset, target.float()))
+    # Evaluation scores what the model predicts, f alone: the same in fit as in a later validate.
+    torch.testing.assert_close(model.loss(logits, target, adjusted=False), F.binary_cross_entropy_with_logits(logits, target.float()))
 
 
 def test_focal_refuses_pos_weight() -> None:

@@ -459,10 +459,11 @@ class SumDataModule(pl.LightningDataModule):
                             before_epoch=self.redraw_boundary if self.boundary_rows is not None else None)
 
     def joined_validation_set(self) -> DigitBatches:
-        """The natural validation set, followed by the calibration and boundary sets where they exist,
-        as one set whose batches tag each sequence with its part and tuning weight. One set, so one
-        loader: each sequence is evaluated once across DDP ranks like any other, and Lightning shows
-        one validation loop, not one per part."""
+        """The natural validation set, the calibration and the boundary sets where they exist, as one
+        set whose batches tag each sequence with its part and tuning weight. One set, so one loader:
+        each sequence is evaluated once across DDP ranks like any other, and Lightning shows one
+        validation loop, not one per part. The parts are interleaved evenly (each keeps its order),
+        so a partial validation (``limit_val_batches``) scores the same share of every part."""
         natural = self.val_set
         extra = [(code, part) for code, part in ((CALIBRATION, self.calibration_set), (BOUNDARY, self.boundary_set))
                  if part is not None]
@@ -472,9 +473,11 @@ class SumDataModule(pl.LightningDataModule):
         parts = [natural, *(part for _, part in extra)]
         codes = [NATURAL, *(code for code, _ in extra)]
         weights += [part.weights if code == CALIBRATION else torch.zeros(len(part)) for code, part in extra]
-        return DigitBatches(torch.cat([p.digits for p in parts]), torch.cat([p.labels for p in parts]),
-                            torch.cat(weights).to(torch.float32),
-                            torch.cat([torch.full((len(p),), c, dtype=torch.uint8) for p, c in zip(parts, codes)]))
+        # Sequence k of a part of n sits at (k + 0.5) / n of the way through the joined set.
+        order = torch.cat([(torch.arange(len(p), dtype=torch.float64) + 0.5) / len(p) for p in parts]).argsort(stable=True)
+        return DigitBatches(torch.cat([p.digits for p in parts])[order], torch.cat([p.labels for p in parts])[order],
+                            torch.cat(weights).to(torch.float32)[order],
+                            torch.cat([torch.full((len(p),), c, dtype=torch.uint8) for p, c in zip(parts, codes)])[order])
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.validation_set)

@@ -16,7 +16,7 @@ import torch
 from lightsum import SumClassifier
 from lightsum.data.datamodule import labels_of, natural_digits
 from lightsum.metrics import class_metrics
-from lightsum.data.synthesis import digits_with_sums
+from lightsum.data.synthesis import digits_per_sum
 
 
 def main() -> None:
@@ -44,9 +44,8 @@ def main() -> None:
         print(f"  {name:18s} {float(values[name]):.5f}")
 
     lo, hi = opts.sums
-    sums = torch.arange(lo, hi + 1).repeat_interleave(opts.per_sum)
-    hard = digits_with_sums(sums, seq_len, g)
-    correct = torch.as_tensor(model.predict(hard)) == (sums >= threshold).long()
+    hard = digits_per_sum(lo, hi, opts.per_sum, seq_len, g)
+    correct = torch.as_tensor(model.predict(hard)) == labels_of(hard, threshold).long()
     print(f"sums {lo}-{hi}, {opts.per_sum} per sum (exact conditional sampling): accuracy {correct.float().mean():.4f}")
     print("  " + "  ".join(f"{s}:{a:.3f}" for s, a in zip(range(lo, hi + 1), correct.view(-1, opts.per_sum).float().mean(1).tolist())))
 

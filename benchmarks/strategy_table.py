@@ -25,7 +25,7 @@ import torch
 from lightsum import SumClassifier
 from lightsum.cli import SumCLI, build_cli, quiet_notices
 from lightsum.data.datamodule import labels_of, natural_digits
-from lightsum.data.synthesis import digits_with_sums
+from lightsum.data.synthesis import digits_per_sum
 from lightsum.metrics import class_metrics
 
 # Each strategy: the overrides that make it from the packaged default (the default's own
@@ -60,8 +60,7 @@ class StepCosineCLI(SumCLI):
 def fresh_sets(seq_len: int, threshold: int, natural: int, per_sum: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)  # a seed no training or tuning stream uses
     digits = natural_digits(natural, seq_len, g)
-    sums = torch.arange(threshold - 5, threshold + 5).repeat_interleave(per_sum)
-    boundary = digits_with_sums(sums, seq_len, g)
+    boundary = digits_per_sum(threshold - 5, threshold + 4, per_sum, seq_len, g)
     return {"natural": (digits, labels_of(digits, threshold)), "boundary": (boundary, labels_of(boundary, threshold))}
 
 

@@ -179,11 +179,14 @@ def test_threshold_is_tuned_on_the_weighted_calibration_sets_and_boundary_accura
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          limit_train_batches=20, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
+    from lightsum.data.datamodule import NATURAL
+
     sets = {"val": data.val_set, "calibration": data.calibration_set, "boundary": data.boundary_set}
     probs = {name: model.predict_proba(s.digits) for name, s in sets.items()}
+    joined = data.validation_set
     tuning = ("val", "calibration")
     expected = tune_threshold(torch.cat([probs[n] for n in tuning]), torch.cat([sets[n].labels for n in tuning]),
-                              torch.cat([sets[n].weights for n in tuning]))
+                              torch.cat([joined.weights[joined.parts.cpu() == NATURAL].cpu(), data.calibration_set.weights]))
     assert float(model.decision_threshold) == pytest.approx(expected, abs=1e-6)
     assert float(model.decision_threshold) != pytest.approx(tune_threshold(probs["val"], data.val_set.labels), abs=1e-6)
     boundary = ((probs["boundary"] >= model.decision_threshold).long() == data.boundary_set.labels.long()).float().mean()

@@ -134,15 +134,17 @@ def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -
     assert sums.min() == 85 and sums.max() == 114 and torch.equal(cal.labels.bool(), sums >= 100)
     p = sum_probabilities(30)
     torch.testing.assert_close(cal.weights, (p[sums] / 50).float())
-    val_sums = val.digits.long().sum(1)
-    inside = (val_sums >= 85) & (val_sums <= 114)
-    assert torch.equal(val.weights == 0, inside)  # the calibration set stands in for them
-    assert float(val.weights.sum() + cal.weights.sum()) == pytest.approx(1.0, abs=0.02)
     # One loader serves the three parts joined, each sequence tagged with its weight and part.
     batches = list(dm.val_dataloader())
     digits, labels, weights, parts = (torch.cat(t) for t in zip(*batches))
+    val_weights = weights[parts == NATURAL]
+    val_sums = val.digits.long().sum(1)
+    inside = (val_sums >= 85) & (val_sums <= 114)
+    assert torch.equal(val_weights == 0, inside)  # the calibration set stands in for them
+    assert torch.equal(val_weights[~inside], torch.full((int((~inside).sum()),), 1 / len(val)))
+    assert float(val_weights.sum() + cal.weights.sum()) == pytest.approx(1.0, abs=0.02)
     n_boundary = len(dm.boundary_set)
-    for code, part, part_weights in ((NATURAL, val, val.weights), (CALIBRATION, cal, cal.weights),
+    for code, part, part_weights in ((NATURAL, val, val_weights), (CALIBRATION, cal, cal.weights),
                                      (BOUNDARY, dm.boundary_set, torch.zeros(n_boundary))):
         mine = parts == code
         assert torch.equal(digits[mine], part.digits) and torch.equal(labels[mine], part.labels)  # in order
@@ -150,7 +152,7 @@ def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -
         # Interleaved evenly: the first tenth of the joined set holds a tenth of each part (+-1).
         assert abs(int(mine[:len(parts) // 10].sum()) - len(part) / 10) <= 1
     bare = make(num_samples=20_000, calibration_per_sum=0, boundary_per_sum=0)
-    assert bare.validation_set is bare.val_set and len(next(iter(bare.val_dataloader()))) == 2
+    assert bare.validation_set is bare.val_set and len(next(iter(bare.val_dataloader()))) == 2 and bare.val_set.weights is None
     only_boundary = make(num_samples=20_000, calibration_per_sum=0)
     joined = only_boundary.validation_set
     assert torch.equal(joined.weights[joined.parts == NATURAL], torch.full((4000,), 1 / 4000))

@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lightsum.data.samplers import ResampledSampler, Sampling
 from lightsum.data.sequences import Layout, read_sequences
-from lightsum.data.synthesis import class_digits, class_probability, digits_with_sums, sum_probabilities, window_sums
+from lightsum.data.synthesis import (
+    class_digits,
+    class_probability,
+    digits_per_sum,
+    digits_with_sums,
+    sum_probabilities,
+    window_sums,
+)
 from lightsum.errors import NON_NEGATIVE_INT, POSITIVE_INT, check_arguments, is_number
 
 TrainDistribution = Literal["natural", "balanced", "boundary"]
@@ -25,7 +32,7 @@ _STREAMS = {"train": 0, "val": 1, "test": 2, "calibration": 3, "boundary": 4, "b
 # The parts of the validation set, tagged per sequence in its batches: natural data (every val/
 # metric), the threshold's calibration set around the threshold, the boundary set (val/boundary_accuracy).
 NATURAL, CALIBRATION, BOUNDARY = 0, 1, 2
-BOUNDARY_SUMS = (-5, 5)  # the boundary set: sums threshold-5 .. threshold+4, as many of each
+BOUNDARY_SUMS = (-5, 4)  # the boundary set: sums threshold-5 .. threshold+4, as many of each
 _SYNTHESIS_CHUNK = 262_144  # rows of one class drawn at a time: bounded temporaries
 _LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
 
@@ -347,8 +354,6 @@ class SumDataModule(pl.LightningDataModule):
         """New digits for the boundary rows, with the same sums, for the sampler's epoch (a pure
         function of (seed, epoch)): the loader calls it as each training epoch starts."""
         h = self.hparams
-        if not h.boundary_redraw or self.boundary_rows is None:
-            return
         g = stream(h.seed, "boundary_redraw", self.epoch_sampler.epoch)
         digits = self.train_set.digits
         for chunk, sums in zip(self.boundary_rows.split(_SYNTHESIS_CHUNK), self.boundary_sums.split(_SYNTHESIS_CHUNK)):
@@ -370,37 +375,28 @@ class SumDataModule(pl.LightningDataModule):
                 )
         return DigitBatches(digits, labels)
 
-    def per_sum_set(self, lo: int, hi: int, per_sum: int, split: str) -> torch.Tensor:
-        """``per_sum`` sequences of each sum ``lo..hi``, drawn exactly from the split's own stream, in sum order."""
-        sums = torch.arange(lo, hi + 1).repeat_interleave(per_sum)
-        return digits_with_sums(sums, self.hparams.seq_len, stream(self.hparams.seed, split))
-
     def boundary_sums_set(self, split: str) -> DigitBatches | None:
         """The boundary set: ``boundary_per_sum`` sequences of each sum threshold-5 .. threshold+4."""
         h = self.hparams
         if not h.boundary_per_sum:
             return None
-        lo, hi = (min(max(h.threshold + k, 0), 9 * h.seq_len + 1) for k in BOUNDARY_SUMS)
-        digits = self.per_sum_set(lo, hi - 1, h.boundary_per_sum, split)
+        lo, hi = (min(max(h.threshold + k, 0), 9 * h.seq_len) for k in BOUNDARY_SUMS)
+        digits = digits_per_sum(lo, hi, h.boundary_per_sum, h.seq_len, stream(h.seed, split))
         return DigitBatches(digits, labels_of(digits, h.threshold))
 
-    def calibration_set_for(self, natural: DigitBatches) -> DigitBatches | None:
-        """Weights the natural validation set for tuning, and returns the calibration set.
+    def make_calibration_set(self) -> DigitBatches | None:
+        """The calibration set, with its tuning weights.
 
         Tuning maximises balanced accuracy on the natural distribution. Outside the window the
-        natural validation set estimates it (each sequence weighs 1 / its size); inside, where
-        errors are made, the calibration set does: its sequences of sum ``s`` weigh
-        ``P(s) / calibration_per_sum``, which is what uniform digits would give that sum. The
-        natural sequences inside the window weigh 0: the calibration set stands in for them.
+        natural validation set estimates it; inside, where errors are made, the calibration set
+        does: its sequences of sum ``s`` weigh ``P(s) / calibration_per_sum``, which is what uniform
+        digits would give that sum (``joined_validation_set`` weighs the natural ones).
         """
         h = self.hparams
         if not h.calibration_per_sum:
             return None
         lo, hi = self.window
-        sums = natural.digits.sum(1, dtype=torch.int64)
-        inside = (sums >= lo) & (sums <= hi)
-        natural.weights = torch.where(inside, 0.0, 1.0 / len(sums)).to(torch.float32)
-        digits = self.per_sum_set(lo, hi, h.calibration_per_sum, "calibration")
+        digits = digits_per_sum(lo, hi, h.calibration_per_sum, h.seq_len, stream(h.seed, "calibration"))
         p = sum_probabilities(h.seq_len)[lo:hi + 1] / h.calibration_per_sum
         return DigitBatches(digits, labels_of(digits, h.threshold), p.to(torch.float32).repeat_interleave(h.calibration_per_sum))
 
@@ -418,7 +414,7 @@ class SumDataModule(pl.LightningDataModule):
             self.epoch_sampler = ResampledSampler(self.train_set.labels, h.sampling, h.sampling_ratio, h.seed)
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = self._labelled(natural_digits(self.num_val, h.seq_len, stream(h.seed, "val")), "validation")
-            self.calibration_set = self.calibration_set_for(self.val_set)
+            self.calibration_set = self.make_calibration_set()
             self.boundary_set = self.boundary_sums_set("boundary")
             self.validation_set = self.joined_validation_set()
         if (stage == "test" or (stage == "predict" and not h.predict_path)) and self.test_set is None:
@@ -454,9 +450,9 @@ class SumDataModule(pl.LightningDataModule):
         return done if done < self.trainer.num_training_batches else 0
 
     def train_dataloader(self) -> DataLoader:
+        redraw = self.boundary_rows is not None and self.hparams.boundary_redraw
         return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler, ResumableLoader,
-                            trained_batches=self.trained_batches,
-                            before_epoch=self.redraw_boundary if self.boundary_rows is not None else None)
+                            trained_batches=self.trained_batches, before_epoch=self.redraw_boundary if redraw else None)
 
     def joined_validation_set(self) -> DigitBatches:
         """The natural validation set, the calibration and the boundary sets where they exist, as one
@@ -469,7 +465,14 @@ class SumDataModule(pl.LightningDataModule):
                  if part is not None]
         if not extra:
             return natural
-        weights = [natural.weights if natural.weights is not None else torch.full((len(natural),), 1 / len(natural))]
+        # A natural sequence weighs 1 / the set's size, or 0 inside the window when the calibration
+        # set stands in for those sums.
+        natural_weights = torch.full((len(natural),), 1 / len(natural))
+        if self.calibration_set is not None:
+            lo, hi = self.window
+            sums = natural.digits.sum(1, dtype=torch.int64)
+            natural_weights[(sums >= lo) & (sums <= hi)] = 0.0
+        weights = [natural_weights]
         parts = [natural, *(part for _, part in extra)]
         codes = [NATURAL, *(code for code, _ in extra)]
         weights += [part.weights if code == CALIBRATION else torch.zeros(len(part)) for code, part in extra]

@@ -219,6 +219,11 @@ def digits_with_sums(sums: torch.Tensor, seq_len: int, generator: torch.Generato
     return _walk(sums, seq_len, generator)
 
 
+def digits_per_sum(lo: int, hi: int, per_sum: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """``per_sum`` strings of each sum ``lo..hi``, in sum order, drawn exactly (``digits_with_sums``)."""
+    return digits_with_sums(torch.arange(lo, hi + 1).repeat_interleave(per_sum), seq_len, generator)
+
+
 def class_digits(n: int, label: int, seq_len: int, threshold: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` uniform digit strings conditioned on their label, drawn exactly.
 

@@ -10,6 +10,7 @@ import glob
 import io
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -53,6 +54,7 @@ class AtomicFile:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             remove_orphans(self.target.parent, self.orphans)
             self.file = open(self.partial, self.mode)
+            keep_permissions(self.target, self.partial)
         return self.file
 
     def write(self, data: Any) -> None:
@@ -103,6 +105,19 @@ class AtomicFile:
             self.abort()
 
 
+def keep_permissions(target: Path, partial: Path) -> None:
+    """Give the file that will replace ``target`` its mode (and, where allowed, its owner): a
+    private output stays private after the rename."""
+    try:
+        status = target.stat()
+    except FileNotFoundError:
+        return
+    os.chmod(partial, stat.S_IMODE(status.st_mode))
+    with suppress(PermissionError):  # only root may give a file away
+        if (status.st_uid, status.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(partial, status.st_uid, status.st_gid)
+
+
 def remove_orphans(folder: Path, name: str = "*") -> None:
     """Delete the partial files of ``name`` (any name by default) that writers on this host left
     when they were killed: those whose process no longer exists. Other hosts' files are left alone
@@ -121,12 +136,22 @@ def remove_orphans(folder: Path, name: str = "*") -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, with each file written through ``AtomicFile``.
+    """Lightning's checkpoint reader and writer, reading through ``lightsum.checkpoints`` and writing
+    through ``AtomicFile``.
 
-    (Lightning's own local save stages the bytes in the system temp folder and moves them; across
-    filesystems that move is a copy, and nothing is fsynced.) Local paths only; remote URLs go
-    through Lightning's writer.
+    Every checkpoint Lightning restores (``--ckpt_path`` of any kind, a requeued job's) is read with
+    torch's weights-only unpickler and checked whole, whatever ``--weights_only`` or the environment
+    says. (Lightning's own local save stages the bytes in the system temp folder and moves them;
+    across filesystems that move is a copy, and nothing is fsynced.) Remote URLs are written by
+    Lightning's writer and read by its reader, with weights_only forced on.
     """
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        from lightsum.checkpoints import read_checkpoint  # lightsum.checkpoints builds models: imported late
+
+        return read_checkpoint(path)  # on the CPU: Lightning moves the weights and optimizer state where they run
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):
@@ -142,3 +167,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def write(self, data: memoryview, out: AtomicFile) -> None:
         """Write the serialised checkpoint into the open partial file (a seam for tests)."""
         out.write(data)
+

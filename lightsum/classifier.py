@@ -217,16 +217,19 @@ class SumClassifier(pl.LightningModule):
 
     @torch.no_grad()
     def predict_proba(self, digits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Probability of class 1 for each row of ``digits`` (integers 0-9, shape (N, seq_len)): numpy
-        for numpy input, a CPU tensor for a tensor. Raises ValueError on a wrong shape, dtype or digit."""
+        """Probability of class 1 for each row of ``digits`` (integers 0-9, shape (N, seq_len); int8
+        to int64 or uint8): a CPU tensor for a tensor, numpy for anything else (a list too). N may
+        be 0: an empty result. Raises ValueError on a wrong shape, dtype or digit, or on a tensor
+        without values (meta) or not dense."""
         tensor = check_digits(digits, self.hparams.seq_len)
         was_training = self.training
         self.eval()
         try:
-            chunks = [torch.sigmoid(self(chunk.to(self.device))).cpu() for chunk in tensor.split(_PREDICT_CHUNK)]
+            # An LSTM refuses a batch of 0 sequences, so an empty input is not run at all.
+            chunks = [torch.sigmoid(self(chunk.to(self.device))).cpu() for chunk in tensor.split(_PREDICT_CHUNK) if len(chunk)]
         finally:
             self.train(was_training)
-        probs = torch.cat(chunks) if chunks else torch.empty(0)
+        probs = torch.cat(chunks) if chunks else torch.empty(0, dtype=self.dtype)
         return probs if isinstance(digits, torch.Tensor) else probs.numpy()
 
     def predict(self, digits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

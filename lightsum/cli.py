@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, Preemption, RandomStates, TrainLoss
+from lightsum.callbacks.preemption import stop_at_once
 from lightsum.callbacks.predictions import check_target, prediction_target
-from lightsum.checkpoints import read_checkpoint
+from lightsum.atomic import AtomicCheckpointIO
+from lightsum.checkpoints import newest_loadable, nothing_left_to_train, read_checkpoint
 from lightsum.classifier import SumClassifier
+from lightsum.config_policy import ALLOW_ENV, ALLOWED_IMPORTS, config_policy
 from lightsum.data import SumDataModule
 from lightsum.data.sequences import check_fits
-from lightsum.errors import OneLineParserErrors, note, one_line_errors
+from lightsum.errors import OneLineParserErrors, debugging, fail, note, one_line_errors
+from lightsum.events import EventWriteErrors
+from lightsum.folders import check_run_folder
 from lightsum.run_folders import (
     checkpoint_to_evaluate,
     log_into_run_of,
@@ -31,6 +39,7 @@ from lightsum.run_folders import (
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _EVALUATING = ("validate", "test", "predict")
+_BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 _DESCRIPTION = (
     "Train and evaluate digit-sum classifiers on imbalanced data (lightsum's own options, --model.* and "
     "--data.*, are listed first in each subcommand's --help). validate, test and predict score "
@@ -56,6 +65,14 @@ _NOISE_LOGS = ("💡 Tip:",)  # Lightning's advertisements for its cloud service
 class SumParser(OneLineParserErrors, LightningArgumentParser):
     """LightningCLI's parser, with a bad argument reported on one line."""
 
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
+        if denied and getattr(self, "exit_on_error", True) and not debugging():
+            key = re.match(r'Parser key "([^"]+)"', message)
+            fail(f"{key[1] + ': ' if key else ''}configs may not name {denied[1]}: lightsum's configs import only "
+                 f"{', '.join(ALLOWED_IMPORTS)} ({ALLOW_ENV}=a.module,b.module allows more; see docs/configs.md)")
+        super().error(message, ex)
+
 
 class SumCLI(LightningCLI):
     """LightningCLI with lightsum's options first, linked data/model arguments, the two checkpoint
@@ -75,7 +92,16 @@ class SumCLI(LightningCLI):
         # the Trainer's ~500 lines.
         parser.add_lightning_class_args(SumClassifier, "model")
         parser.add_lightning_class_args(SumDataModule, "data")
-        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        # As add_lightning_class_args(trainer), but with the limit_*_batches typed int first: Lightning
+        # reads an int as a number of batches and a float as a fraction, and its Optional[Union[int,
+        # float]] reaches the parser as Union[float, int] (typing caches a union under the order it was
+        # first written in), so `--trainer.limit_train_batches 1` became 1.0: every batch.
+        parser.add_class_arguments(self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True,
+                                   skip=set(_BATCH_LIMITS))
+        for name in _BATCH_LIMITS:
+            parser.add_argument(f"--trainer.{name}", type=int | float | None, default=None,
+                                help=f"{name.split('_')[1]} batches per epoch (an int) or the fraction of them to use "
+                                     "(a float; 1.0, the default, is all)")
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -110,12 +136,16 @@ class SumCLI(LightningCLI):
             config.ckpt_path, chosen = checkpoint_to_evaluate(config, subcommand)
             if chosen:
                 note(chosen)
+        if config.get("weights_only") is False:
+            raise ValueError("--weights_only false: lightsum reads every checkpoint weights-only, so that nothing "
+                             "in a checkpoint runs; a checkpoint that needs more is refused")
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_fits(read_checkpoint(ckpt_path)["hyper_parameters"], config.data, f" with {ckpt_path}")
 
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
+        self.refuse_unused_options(config)
         if (self.subcommand == "fit" and config.best_checkpoint.monitor == "val/boundary_accuracy"
                 and not config.data.boundary_per_sum):
             raise ValueError("best_checkpoint.monitor is val/boundary_accuracy, which data.boundary_per_sum=0 turns off: "
@@ -129,16 +159,59 @@ class SumCLI(LightningCLI):
             log_into_run_of(config, config.ckpt_path)  # metrics beside the training curves they score
         if self.subcommand == "predict":
             config.trainer.logger = False  # predictions are a file, not a TensorBoard run
-            target = prediction_target(config.predictions.get("path"), config.data.get("predict_path"))
-            if target is not None:  # before anything is computed
-                check_target(target, config.data.get("predict_path"))
+            if config.get("return_predictions") is None:  # rows go to the CSV as they come: memory bounded
+                config.return_predictions = False
+        self.settle_checkpoint(config)
+        # Before anything is computed: where the run logs, and where predict writes.
+        check_run_folder(config, self.subcommand)
+        target = prediction_target(config.predictions.get("path"), config.data.get("predict_path"))
+        if self.subcommand == "predict" and target is not None:
+            check_target(target, {
+                "the input file": config.data.get("predict_path"),
+                "the checkpoint": config.get("ckpt_path"),
+                "the config file": [*(self.config.get("config") or []), *(config.get("config") or []),
+                                    config.get("__default_config__")],
+            })
+
+    def settle_checkpoint(self, config: Any) -> None:
+        """Resolve ``--ckpt_path`` (``last``, ``hpc``, a requeued SLURM job's) to the newest checkpoint
+        that loads, and refuse a fit with nothing left to train."""
         job_id = slurm_job_id()
         if self.subcommand == "fit" and job_id is not None:
             stable_slurm_run(config, job_id)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             resume_in_latest_version(config)
+        if config.get("ckpt_path") == "hpc":  # Lightning's pre-emption checkpoints, in the trainer's root folder
+            folder = Path(config.trainer.get("default_root_dir") or ".")
+            config.ckpt_path = str(newest_loadable(folder.glob("hpc_ckpt_*.ckpt"), str(folder)))
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            trainer = config.trainer
+            done = nothing_left_to_train(read_checkpoint(config.ckpt_path), trainer.get("max_epochs"), trainer.get("max_steps", -1))
+            if done:
+                raise ValueError(f"nothing left to train in {config.ckpt_path}: {done}")
+
+    def refuse_unused_options(self, config: Any) -> None:
+        """Options only ``predict`` reads, given to another subcommand: refused when typed on the command
+        line (the user meant something by them), a note when they come from a config file that
+        ``predict`` shares with the other subcommands."""
+        if self.subcommand == "predict":
+            return
+        for key, value in (("data.predict_path", config.data.get("predict_path")),
+                           ("predictions.path", config.predictions.get("path"))):
+            if value is None:
+                continue
+            said = f"--{key} is read by predict only, and {self.subcommand} ignores it"
+            if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in self.command_line):
+                raise ValueError(f"{said}: drop it, or run `lightsum predict --{key} {value}`")
+            note(f"{said} (it comes from a config file)")
 
     def after_instantiate_classes(self) -> None:
+        strategy = self.trainer.strategy
+        if not isinstance(strategy.checkpoint_io, AtomicCheckpointIO):
+            if type(strategy.checkpoint_io) is not TorchCheckpointIO:  # a plugin that reads checkpoints its own way
+                raise ValueError(f"trainer.plugins: {type(strategy.checkpoint_io).__name__} would read checkpoints "
+                                 "without lightsum's checks: use lightsum.atomic.AtomicCheckpointIO or a subclass")
+            strategy.checkpoint_io = AtomicCheckpointIO()  # every restore, weights-only and checked whole
         if self.subcommand == "predict":
             self.datamodule.load_predict_file()  # a bad file is refused before anything runs
         # Lightning calls every hook of every callback at every step: keep only those in use.
@@ -187,7 +260,7 @@ def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[S
         args=args,
         run=run,
         only=only,
-        trainer_defaults={"callbacks": [HparamsSession(), RandomStates(), TrainLoss(), Preemption()]},
+        trainer_defaults={"callbacks": [EventWriteErrors(), HparamsSession(), RandomStates(), TrainLoss(), Preemption()]},
         parser_class=SumParser,
         parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION, "prog": "lightsum"} if run else default,
         # config.yaml records how a run was trained: fit writes it (again, into the same folder, for
@@ -205,8 +278,12 @@ def quiet_notices() -> Iterator[None]:
         return not str(record.msg).startswith(_NOISE_LOGS)
 
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")]
+    # Lightning's advice to launch with srun helps inside a SLURM allocation (an sbatch script or
+    # salloc shell running python without srun, where several processes would hang), not on every
+    # machine or login node that merely has SLURM installed, where lightsum runs locally as asked.
+    srun_hint = () if "SLURM_JOB_ID" in os.environ else (r"The `srun` command is available on your system but is not used",)
     with warnings.catch_warnings():
-        for message in _NOISE_WARNINGS:
+        for message in (*_NOISE_WARNINGS, *srun_hint):
             warnings.filterwarnings("ignore", message=message)
         for logger in loggers:
             logger.addFilter(keep)
@@ -224,7 +301,9 @@ def main(args: list[str] | None = None) -> SumCLI | None:
         args: command-line arguments; ``None`` reads ``sys.argv``.
     """
     argv = sys.argv[1:] if args is None else args
-    with one_line_errors(), quiet_notices():
+    # Outside the trainer's loops (start-up, generating the data, the summary) a stop request stops
+    # at once; Preemption takes over inside them.
+    with one_line_errors(), quiet_notices(), config_policy(), stop_at_once():
         if argv[:1] == ["report"]:  # not a Trainer method, so not a LightningCLI subcommand
             from lightsum.report import report_main
 

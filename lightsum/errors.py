@@ -1,16 +1,19 @@
 """What lightsum says on stderr: ``lightsum: error: <what is wrong>`` (exit 2) and ``lightsum: <note>``.
 
-Bad input is reported as a ``ValueError`` (or ``FileNotFoundError``, or ``CannotWrite`` for a file
-that could not be written) wherever it is found; the command line turns it into one line without a
-traceback. ``LIGHTSUM_DEBUG=1`` re-raises instead.
+Bad input is reported as a ``ValueError`` (or ``FileNotFoundError``, ``DamagedFile`` for a file
+that is not what its name says, or ``CannotWrite`` for a file that could not be written) wherever it
+is found; the command line turns it into one line without a traceback. ``LIGHTSUM_DEBUG=1``
+re-raises instead.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pytorch_lightning.utilities import rank_zero_only
@@ -18,13 +21,22 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 
 class CannotWrite(OSError):
-    """A file lightsum writes could not be written (a full disk, no permission, ...): names the file."""
+    """A file lightsum writes could not be written (a full disk, no permission, ...): names the file,
+    after ``what`` (the option that chose it) where given."""
 
-    def __init__(self, path: object, error: OSError) -> None:
-        super().__init__(error.errno, f"cannot write {path}: {error.strerror or error}")
+    def __init__(self, path: object, error: OSError, what: str = "") -> None:
+        super().__init__(error.errno, f"{what + ': ' if what else ''}cannot write {path}: {error.strerror or error}")
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class DamagedFile(ValueError):
+    """A file lightsum reads is not what its name says (a folder, not YAML, not an event file, ...)."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
 
 
 # What the user can act on: their mistakes, and the machine's limits. MisconfigurationException:
@@ -53,11 +65,42 @@ def fail(message: object, code: int = 2) -> NoReturn:
 def one_line_errors() -> Iterator[None]:
     """Report the user's mistakes raised inside as one line and exit 2."""
     try:
-        yield
+        with quiet_writer_threads():
+            yield
     except USER_ERRORS as err:
         if debugging():
             raise
-        fail(err)
+        fail(what_went_wrong(err))
+
+
+def what_went_wrong(err: BaseException) -> BaseException:
+    """The error to report for ``err``: Lightning's TensorBoard logger turns any failure to log a
+    value into ``ValueError("you tried to log <value> which is currently not supported ...")``,
+    where the ``CannotWrite`` under it (``events.EventWriteErrors``: a full disk, a filesystem
+    turned read-only) is what went wrong."""
+    return err.__cause__ if isinstance(err, ValueError) and isinstance(err.__cause__, CannotWrite) else err
+
+
+@contextmanager
+def quiet_writer_threads() -> Iterator[None]:
+    """No traceback from TensorBoard's writer threads while a command runs.
+
+    TensorBoard writes event files from a thread of its own. An OS error there ends the thread,
+    which prints a traceback, and TensorBoard raises the same error in the main thread at its next
+    write, where it is reported in one line: the thread's copy would be a second report.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        writer = type(args.thread).__module__.startswith("tensorboard")  # tensorboard's or tensorboardX's
+        if not (writer and issubclass(args.exc_type, OSError)) or debugging():
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 class OneLineParserErrors:

@@ -10,6 +10,9 @@ from typing import Any
 
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from lightsum.checkpoints import newest_loadable
+from lightsum.errors import note
+
 
 def slurm_job_id() -> str | None:
     """The SLURM job this process runs in (``<array job>_<task>`` for array jobs), if launched by srun."""
@@ -23,10 +26,11 @@ def stable_slurm_run(config: Any, job_id: str) -> None:
     """Keep a SLURM job in one run folder across requeues, and resume it from its newest checkpoint.
 
     The run folder is ``<save_dir>/<name>/slurm_<job id>`` (unless a version is set), and the
-    trainer's root folder too, so Lightning's pre-emption checkpoint (``hpc_ckpt_N.ckpt``, written
-    on SIGUSR1 before it calls ``scontrol requeue``) lands there, not in a working folder other jobs
-    share. Without ``--ckpt_path``, a requeued job resumes from the newer of that checkpoint and
-    ``checkpoints/last.ckpt``: a job requeued after a node failure has no hpc checkpoint.
+    trainer's root folder too, so Lightning's pre-emption checkpoint (``hpc_ckpt_N.ckpt``) would land
+    there, not in a working folder other jobs share. Without ``--ckpt_path``, a requeued job resumes
+    from the newest checkpoint of that folder that loads (``checkpoints/last.ckpt``, a best
+    checkpoint, ``hpc_ckpt_N.ckpt``): a job requeued after a node failure has no hpc checkpoint, and
+    one killed while its newest checkpoint was damaged falls back to the one before it.
     """
     args = getattr(config.trainer.get("logger"), "init_args", None)
     if args is None:
@@ -36,10 +40,13 @@ def stable_slurm_run(config: Any, job_id: str) -> None:
     run_dir = Path(args.get("save_dir") or ".") / (args.get("name") or "") / str(args["version"])
     if config.trainer.get("default_root_dir") is None:
         config.trainer.default_root_dir = str(run_dir)
-    if config.get("ckpt_path") is None:
-        found = [*run_dir.glob("hpc_ckpt_*.ckpt"), *run_dir.glob("checkpoints/last.ckpt")]
-        if found:
-            config.ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime))
+    if config.get("ckpt_path") is None and checkpoints_in(run_dir):
+        config.ckpt_path = str(newest_loadable(checkpoints_in(run_dir), str(run_dir)))
+
+
+def checkpoints_in(run_dir: Path) -> list[Path]:
+    """The checkpoints a run folder holds: ``checkpoints/*.ckpt`` and SLURM's ``hpc_ckpt_*.ckpt``."""
+    return [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
 
 
 def runs_root(config: Any) -> Path:
@@ -90,19 +97,32 @@ def log_into_run_of(config: Any, checkpoint: str) -> None:
 
 
 def resume_in_latest_version(config: Any) -> None:
-    """Point an unversioned TensorBoard logger at the newest run folder holding a last.ckpt.
+    """Resolve ``--ckpt_path last`` to the newest checkpoint that loads in the run it continues.
 
-    ``--ckpt_path last`` searches the checkpoint folder of *this* run; a fresh logger version would
-    make that an empty folder. Reusing the version continues the same run folder and curves.
+    The run is the logger's version when one is set, else the newest ``version_N`` folder holding a
+    checkpoint, and the logger is pointed at it: ``last`` searches the checkpoint folder of *this*
+    run, and a fresh version would make that an empty folder. Reusing the version continues the same
+    run folder and curves. A damaged ``last.ckpt`` is skipped (named in a note) for the newest
+    checkpoint before it. With no run to continue, fit starts a new one, saying so.
+
+    Raises:
+        ValueError: the run holds checkpoints and none of them loads.
     """
     args = getattr(config.trainer.get("logger"), "init_args", None)
-    if args is None or args.get("version") is not None:
+    if args is None:
         return
     root = Path(args.get("save_dir") or ".") / (args.get("name") or "")
-    found = [
-        int(m.group(1))
-        for p in root.glob("version_*/checkpoints/last.ckpt")
-        if (m := re.fullmatch(r"version_(\d+)", p.parent.parent.name))
-    ]
-    if found:
-        args["version"] = max(found)
+    if args.get("version") is None:
+        found = [
+            int(m.group(1))
+            for run in root.glob("version_*")
+            if (m := re.fullmatch(r"version_(\d+)", run.name)) and checkpoints_in(run)
+        ]
+        if found:
+            args["version"] = max(found)
+    run_dir = root / (args["version"] if isinstance(args.get("version"), str) else f"version_{args.get('version')}")
+    if args.get("version") is None or not checkpoints_in(run_dir):
+        note(f"--ckpt_path last: no checkpoint under {root}/*/checkpoints to continue from; starting a new run")
+        config.ckpt_path = None
+        return
+    config.ckpt_path = str(newest_loadable(checkpoints_in(run_dir), str(run_dir)))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
+import os
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import FITTED_EPOCHS, tiny
 from lightsum.checkpoints import read_checkpoint
 from lightsum.cli import main
 
@@ -78,3 +80,148 @@ def test_the_cli_refuses_a_hostile_checkpoint_in_one_line(command: str, tmp_path
     assert err.err.strip().splitlines()[-1].startswith(f"lightsum: error: checkpoint {evil} holds a pickled print")
     assert "this ran" not in err.out
     assert zipfile.is_zipfile(evil)
+
+
+# --- every checkpoint lightsum loads goes through the reader, whatever the environment says ------------
+
+class Marker:
+    """A pickled payload that, if it were ever unpickled, would run a shell command creating a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def hostile(good: Path, target: Path, marker: Path) -> None:
+    """``target``: the good checkpoint with a code-running object added (written by torch.save, so a full pickler)."""
+    checkpoint = torch.load(good, weights_only=True)
+    checkpoint["payload"] = Marker(marker)
+    torch.save(checkpoint, target)
+
+
+def copied_run(fitted, root: Path) -> Path:
+    """A copy of the session's tiny fit as ``root/default/version_0``: checkpoints, config and event files."""
+    run = root / "default" / "version_0"
+    shutil.copytree(fitted.trainer.log_dir, run)
+    return run
+
+
+def run_fit(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["pickled", "empty", "truncated"])
+def test_resume_from_last_skips_a_damaged_last_ckpt_for_the_newest_that_loads(
+        damage: str, fitted, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # what users set to load old checkpoints
+    run = copied_run(fitted, root := tmp_path / "logs")
+    last, marker = run / "checkpoints" / "last.ckpt", tmp_path / "marker"
+    if damage == "pickled":
+        hostile(last, last, marker)
+    else:
+        last.write_bytes(b"" if damage == "empty" else last.read_bytes()[:2000])
+    for best in run.glob("checkpoints/best-*.ckpt"):
+        os.utime(best, (1, 1))  # older than last.ckpt, which is tried first
+    code, err = run_fit([*tiny(root, epochs=FITTED_EPOCHS + 1), "--ckpt_path=last"], capsys)
+    assert code == 0, err
+    assert f"lightsum: skipped {last}: " in err
+    assert not marker.exists()  # nothing of the payload ran
+    assert read_checkpoint(last)["epoch"] == FITTED_EPOCHS  # the run went on from the best checkpoint, one more epoch
+
+
+def test_resume_with_no_loadable_checkpoint_stops_in_one_line_and_changes_nothing(
+        fitted, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    run = copied_run(fitted, root := tmp_path / "logs")
+    marker = tmp_path / "marker"
+    for path in run.glob("checkpoints/*.ckpt"):
+        hostile(path, path, marker)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = run_fit([*tiny(root, epochs=FITTED_EPOCHS + 1), "--ckpt_path=last"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"lightsum: error: no checkpoint in {run} loads (checkpoint ")
+    assert not marker.exists()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_requeued_slurm_job_skips_a_damaged_hpc_checkpoint(fitted, tmp_path: Path, monkeypatch, capsys) -> None:
+    for key, value in {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "lightsum", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "logs" / "default" / "slurm_77"
+    shutil.copytree(fitted.trainer.log_dir, run)
+    hostile(run / "checkpoints" / "last.ckpt", hpc := run / "hpc_ckpt_1.ckpt", marker := tmp_path / "marker")
+    code, err = run_fit([*tiny(tmp_path / "logs", epochs=FITTED_EPOCHS + 1)], capsys)
+    assert code == 0, err
+    assert f"lightsum: skipped {hpc}: checkpoint {hpc} holds a pickled posix.system" in err
+    assert not marker.exists()
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == FITTED_EPOCHS
+
+
+def test_lightnings_own_restore_reads_weights_only(good: Path, tmp_path: Path, monkeypatch) -> None:
+    from lightsum.atomic import AtomicCheckpointIO
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    hostile(good, evil := tmp_path / "evil.ckpt", marker := tmp_path / "marker")
+    with pytest.raises(ValueError, match="holds a pickled posix.system"):
+        AtomicCheckpointIO().load_checkpoint(evil, weights_only=False)  # what `--weights_only false` would ask
+    assert not marker.exists()
+
+
+def test_weights_only_false_is_refused(tmp_path: Path, capsys) -> None:
+    code, err = run_fit([*tiny(tmp_path), "--weights_only=false"], capsys)
+    assert code == 2 and err.strip().startswith("lightsum: error: --weights_only false: lightsum reads every checkpoint")
+
+
+def test_a_foreign_checkpoint_plugin_is_refused(tmp_path: Path, capsys) -> None:
+    plugin = '[{"class_path": "pytorch_lightning.plugins.AsyncCheckpointIO"}]'
+    code, err = run_fit([*tiny(tmp_path), f"--trainer.plugins={plugin}"], capsys)
+    assert code == 2 and err.strip().startswith("lightsum: error: trainer.plugins: AsyncCheckpointIO would read checkpoints")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["hyper_parameters"].update(hidden_size=10**6), r"make a model of 16000.1 GB, and this machine has"),
+    (lambda c: c.update(hyper_parameters=[["hidden_size", 8]]), "hyper_parameters must be a mapping of names, got list"),
+    (lambda c: c["state_dict"].update({"net.head.bias": [0.0]}), "net.head.bias is a list, not a tensor"),
+    (lambda c: c.update(state_dict=3), "state_dict must be a mapping of tensors, got int"),
+])
+def test_hyperparameters_and_weights_of_the_wrong_kind_or_size_are_refused(change, message, good: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        read_checkpoint(edited(good, tmp_path, change))
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(fitted, tmp_path: Path, capsys) -> None:
+    run = copied_run(fitted, root := tmp_path / "logs")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = run_fit([*tiny(root, epochs=FITTED_EPOCHS), "--ckpt_path=last"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"lightsum: error: nothing left to train in {run / 'checkpoints' / 'last.ckpt'}: it trained {FITTED_EPOCHS} epochs "
+        f"and --trainer.max_epochs is {FITTED_EPOCHS}: raise it to train further (the learning-rate schedule resumes "
+        "as saved, and a cosine schedule climbs again past its T_max: for a longer schedule, start a new fit with both larger)")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_ckpt_path_hpc_takes_the_newest_hpc_checkpoint_that_loads(fitted, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    good = Path(fitted.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    root = tmp_path / "root"
+    root.mkdir()
+    hostile(good, evil := root / "hpc_ckpt_2.ckpt", marker := tmp_path / "marker")
+    args = [*tiny(tmp_path / "logs", epochs=FITTED_EPOCHS + 1), f"--trainer.default_root_dir={root}", "--ckpt_path=hpc"]
+    code, err = run_fit(args, capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"lightsum: error: no checkpoint in {root} loads (checkpoint {evil} holds")
+    shutil.copy(good, older := root / "hpc_ckpt_1.ckpt")
+    os.utime(older, (1, 1))
+    code, err = run_fit(args, capsys)
+    assert code == 0 and f"lightsum: skipped {evil}: " in err
+    assert not marker.exists()
+    (last,) = (tmp_path / "logs").glob("default/version_*/checkpoints/last.ckpt")
+    assert read_checkpoint(last)["epoch"] == FITTED_EPOCHS  # one more epoch after the hpc checkpoint's

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -172,8 +175,6 @@ def test_help_names_lightsum_and_opens_on_its_own_options(capsys: pytest.Capture
 
 
 def test_notices_users_cannot_act_on_are_silenced(run_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import warnings
-
     import pytorch_lightning as pl
 
     caplog.set_level("INFO")
@@ -254,3 +255,91 @@ def test_malformed_config_file(tmp_path: Path, run_root: Path, capsys: pytest.Ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lightsum: error: Problems parsing config: while parsing a flow sequence")
+
+
+# --- configs are code: only allowed imports, bounded YAML aliases ---------------------------------------
+
+def refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one error line of ``lightsum fit ARGS``, which must exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lightsum: error: ")
+    return line
+
+
+@pytest.mark.parametrize("config", [
+    "trainer:\n  callbacks:\n    - class_path: os.system\n      init_args:\n        command: touch {marker}\n",
+    "lr_scheduler:\n  class_path: torch.optim.lr_scheduler.LambdaLR\n  init_args:\n    lr_lambda: os.system\n",
+    "trainer:\n  callbacks:\n    - class_path: subprocess.Popen\n      init_args:\n        args: [touch, {marker}]\n",
+])
+def test_configs_may_not_import_what_the_allow_list_does_not_name(config: str, tmp_path: Path, run_root: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    (path := tmp_path / "evil.yaml").write_text(config.format(marker=tmp_path / "marker"))
+    line = refused(["--config", str(path), *tiny(run_root)], capsys)
+    assert re.search(r"configs may not name (os\.system|subprocess\.Popen): lightsum's configs import only torch.optim, ", line)
+    assert "LIGHTSUM_ALLOW_IMPORTS" in line
+    assert not (tmp_path / "marker").exists() and not run_root.exists()
+
+
+def test_the_allow_list_widens_through_the_environment_only(tmp_path: Path, run_root: Path, monkeypatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "my_callbacks.py").write_text("import pytorch_lightning as pl\n\nclass Mine(pl.Callback):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [*tiny(run_root), '--trainer.callbacks=[{"class_path": "my_callbacks.Mine"}]', "--print_config"]
+    assert "configs may not name my_callbacks.Mine" in refused(args, capsys)
+    monkeypatch.setenv("LIGHTSUM_ALLOW_IMPORTS", "my_callbacks")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code == 0 and "class_path: my_callbacks.Mine" in capsys.readouterr().out
+
+
+def test_a_billion_laughs_config_is_refused_without_expanding_it(tmp_path: Path, run_root: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9^9 strings once expanded
+    (path := tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\n")
+    assert len(path.read_bytes()) < 1500
+    line = refused(["--config", str(path), *tiny(run_root)], capsys)
+    assert line == "lightsum: error: a config expands to more than 100000 YAML nodes through its aliases (&name / *name): refused"
+
+
+@pytest.mark.parametrize(("value", "batches"), [("1", 1), ("1.0", 3)])
+def test_an_integer_batch_limit_is_a_number_of_batches_and_a_float_a_fraction(value: str, batches: int, run_root: Path) -> None:
+    # tiny(): 480 training sequences, 3 batches of 200
+    cli = main(["fit", *tiny(run_root, epochs=1), f"--trainer.limit_train_batches={value}", "--data.batch_size=200"])
+    assert cli.trainer.num_training_batches == batches and cli.trainer.global_step == batches
+
+
+@pytest.mark.parametrize("in_allocation", [False, True])
+def test_the_srun_notice_shows_inside_a_slurm_allocation_only(in_allocation: bool, tmp_path: Path, monkeypatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    (srun := tmp_path / "srun").write_text("#!/bin/sh\n")  # SLURM installed: an srun on PATH
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    if in_allocation:
+        monkeypatch.setenv("SLURM_JOB_ID", "12")  # an sbatch script that runs python without srun
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", *tiny(tmp_path / "logs", epochs=1), "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    shown = [w for w in caught if "The `srun` command is available" in str(w.message)]
+    assert bool(shown) == in_allocation
+
+
+@pytest.mark.parametrize("option", ["--data.predict_path=docs/examples/sequences.csv", "--predictions.path=out.csv"])
+def test_an_option_only_predict_reads_is_refused_elsewhere(option: str, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny(run_root), option])
+    assert exit_info.value.code == 2 and not run_root.exists()
+    key, value = option[2:].split("=")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lightsum: error: --{key} is read by predict only, and fit ignores it: drop it, or run `lightsum predict --{key} {value}`")
+
+
+def test_from_a_shared_config_file_it_is_a_note(tmp_path: Path, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+    (shared := tmp_path / "shared.yaml").write_text("data:\n  predict_path: docs/examples/sequences.csv\n")
+    main(["fit", "--config", str(shared), *tiny(run_root, epochs=1), "--trainer.limit_train_batches=1"])
+    assert "lightsum: --data.predict_path is read by predict only, and fit ignores it (it comes from a config file)" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util.tensor_util import make_ndarray
 
 from conftest import FITTED_EPOCHS as EPOCHS, scalars, tiny
-from lightsum.callbacks.figures import ConfusionMatrixPicture, confusion_matrix_markdown
+from lightsum.callbacks.figures import ConfusionMatrixPicture, confusion_matrix_markdown, percent
 from lightsum.cli import main
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -50,6 +50,17 @@ def test_confusion_matrix_picture_and_text() -> None:
     first, second = picture(matrix, "a"), picture(np.array([[0, 4], [0, 116]]), "a")
     assert first.shape == (320, 360, 3) and first.dtype == np.uint8
     assert not np.array_equal(first, second)  # the reused figure really redraws
+
+
+def test_a_single_miss_is_never_rounded_away() -> None:
+    # 1 of 33,333 majority sequences missed (recall 0.99997): before, "1 / 0.00%" and a recall of 1.0000.
+    matrix = np.array([[400, 0], [1, 33_332]])
+    assert "| true 1 | 1 | 33332 | 0.99997 |" in confusion_matrix_markdown(matrix)
+    picture = ConfusionMatrixPicture()
+    picture(matrix, "test, epoch 9, threshold 0.5")
+    assert {ij: cell.get_text() for ij, cell in picture.cells.items()} == {
+        (0, 0): "400\n100.00%", (0, 1): "0\n0.00%", (1, 0): "1\n<0.01%", (1, 1): "33332\n>99.99%"}
+    assert [percent(1, 39_530), percent(2, 39_530), percent(39_529, 39_530)] == ["<0.01%", "0.01%", ">99.99%"]
 
 
 def test_figures_can_be_switched_off(tmp_path: Path) -> None:

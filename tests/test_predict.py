@@ -135,7 +135,7 @@ def test_the_output_path_is_checked(case: str, tmp_path: Path) -> None:
     options = dict(arg.removeprefix("--").split("=", 1) for arg in args)
     target = prediction_target(options.get("predictions.path"), options["data.predict_path"])
     with pytest.raises(ValueError) as error:
-        check_target(target, options["data.predict_path"])
+        check_target(target, {"the input file": options["data.predict_path"]})
     assert str(error.value) == expected
 
 

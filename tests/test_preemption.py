@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from conftest import REPO, tiny
 from lightsum import SumClassifier, SumDataModule
 from lightsum.callbacks import Preemption, RandomStates, TrainLoss
 from lightsum.checkpoints import read_checkpoint
+from test_stop_requests import pause, signal_when_paused
 
 EPOCHS = 3
 
@@ -82,6 +83,24 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bitwise_equal(tmp_path
 
 
 @pytest.mark.slow
+def test_a_stop_at_the_epochs_last_batch_waits_for_the_epochs_end(tmp_path: Path, capsys) -> None:
+    # A checkpoint saved after the epoch's last batch would resume without the rest of that epoch's
+    # validation and end (Lightning restarts it as a finished epoch): the stop waits for the epoch's
+    # own checkpoint instead.
+    _, whole = fit(tmp_path / "whole")
+    steps_per_epoch = len(whole.trainer.train_dataloader)
+    with pytest.raises(SystemExit) as stopped:
+        fit(tmp_path / "parts", stop=SignalAt(2 * steps_per_epoch, signal.SIGTERM))  # epoch 1's last batch
+    assert stopped.value.code == 143
+    last = tmp_path / "parts" / "ckpt" / "last.ckpt"
+    assert f"lightsum: stopped by SIGTERM after epoch 1 and its validation; saved {last}" in capsys.readouterr().err
+    trainer, resumed = fit(tmp_path / "parts", ckpt_path=str(last))
+    assert_same_weights(whole, resumed)
+    for name in ("train/loss_epoch", "val/min_recall", "val/loss"):
+        assert torch.equal(trainer.callback_metrics[name], whole.trainer.callback_metrics[name]), name
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("sampling", "distribution"), [
     ("none", "natural"), ("undersample", "natural"), ("weighted", "natural"), ("none", "balanced"),
     ("oversample", "balanced"), ("oversample", "boundary"),
@@ -92,10 +111,14 @@ def test_every_strategy_resumes_exactly_mid_epoch(sampling: str, distribution: s
     assert_same_weights(whole, resumed)
 
 
-def launch(root: Path, *extra: str) -> subprocess.Popen:
+def launch(root: Path, *extra: str, pause: dict | None = None) -> subprocess.Popen:
     # Epochs of ~190 steps: long enough for a signal to land mid-epoch.
     args = [*tiny(root, epochs=EPOCHS), "--data.num_samples=12000", "--data.batch_size=64", "--figures.every_n_epochs=0"]
-    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *args, *extra], cwd=REPO,
+    if pause:  # a PauseAt callback (tests/test_stop_requests.py) holds the process at a known batch
+        args.append("--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+           "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests"}
+    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *args, *extra], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -119,18 +142,6 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory):
     return weights
 
 
-def signal_mid_epoch(proc: subprocess.Popen, run_dir: Path, signum: int) -> str:
-    """Wait for the first epoch's last.ckpt, then signal the process a moment into the second epoch."""
-    deadline = time.monotonic() + 180
-    while not (run_dir / "checkpoints" / "last.ckpt").exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.2)
-    proc.send_signal(signum)
-    return proc.communicate(timeout=180)[1]
-
-
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
@@ -141,8 +152,8 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_a_signalled_fit_exits_non_zero_and_resumes_exactly(processes: int, signum: int, code: int, run_root: Path,
                                                             uninterrupted) -> None:
     run_dir = run_root / "default" / "version_0"
-    proc = launch(run_root, *ddp(processes))
-    stderr = signal_mid_epoch(proc, run_dir, signum)
+    proc = launch(run_root, *ddp(processes), pause=pause(run_root.parent, "train", 20, epoch=1))  # every rank pauses
+    stderr = signal_when_paused(proc, run_root.parent, signum)  # rank 0 is signalled; the others follow it
     assert proc.returncode == code, stderr[-3000:]
     line = next(line for line in stderr.splitlines() if line.startswith("lightsum: stopped by"))
     assert line.startswith(f"lightsum: stopped by {signal.Signals(signum).name} after batch ")
@@ -150,7 +161,7 @@ def test_a_signalled_fit_exits_non_zero_and_resumes_exactly(processes: int, sign
                          "continues from there")
     saved = read_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
     assert len(saved["callbacks"]["RandomStates"]["per_rank"]) == processes
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] > 0  # mid-epoch
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] == 20  # mid-epoch
     resumed = launch(run_root, *ddp(processes), "--ckpt_path=last")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     expected = uninterrupted(processes)

@@ -108,3 +108,86 @@ def test_check_fits_names_the_key_both_values_and_the_fix() -> None:
     check_fits({"seq_len": 30}, {"seq_len": None})  # nothing to compare
     with pytest.raises(ValueError, match="the model reads layout='flat' but data.layout is 'sequence': use --data.layout flat with x.ckpt"):
         check_fits({"seq_len": 30, "layout": "flat"}, {"seq_len": 30, "layout": "sequence"}, " with x.ckpt")
+
+
+def text_forms(rows: np.ndarray) -> dict[str, bytes]:
+    """The same sequences written each way a user's file may write them."""
+    strings = ["".join(map(str, r)) for r in rows]
+    commas = [",".join(map(str, r)) for r in rows]
+    return {
+        "strings": "".join(s + "\n" for s in strings).encode(),
+        "commas, CRLF, no last line end": "\r\n".join(commas).encode(),
+        "mixed forms and spaces": "".join((s if i % 3 else " " + c.replace(",", " , ", 2)) + "\n"
+                                          for i, (s, c) in enumerate(zip(strings, commas))).encode(),
+        "BOM and trailing blank lines": b"\xef\xbb\xbf" + "".join(s + "\n" for s in strings).encode() + b"\n \n\n",
+    }
+
+
+@pytest.mark.parametrize("block", [7, 100, 4 * 2**20])
+@pytest.mark.parametrize("form", list(text_forms(DIGITS[:2])))
+def test_text_files_read_alike_whatever_the_block_size(form: str, block: int, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.data import sequences
+
+    monkeypatch.setattr(sequences, "_TEXT_BLOCK", block)  # 7: lines longer than a block, in the checks' words
+    (path := tmp_path / "x.csv").write_bytes(text_forms(DIGITS)[form])
+    if block == 7:
+        with pytest.raises(ValueError, match="line 1: expected 30 digits, got a line of over 7 bytes: '"):
+            read_sequences(path, 30)
+        return
+    assert torch.equal(read_sequences(path, 30), torch.as_tensor(DIGITS, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("block", [64, 4 * 2**20])
+def test_a_blank_line_is_refused_wherever_the_next_sequence_is(block: int, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.data import sequences
+
+    monkeypatch.setattr(sequences, "_TEXT_BLOCK", block)
+    lines = ["0" * 30] * 3 + [""] * 5 + ["1" * 30] * 3  # blank lines 4-8, over two blocks of 64 bytes
+    (path := tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"line 4: expected 30 digits, got 0: ''$"):
+        read_sequences(path, 30)
+
+
+def test_a_binary_file_without_line_ends_is_not_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.data import sequences
+
+    monkeypatch.setattr(sequences, "_TEXT_BLOCK", 64)
+    (path := tmp_path / "x.csv").write_bytes(bytes(range(128, 256)) * 2)
+    with pytest.raises(ValueError, match="is not a text file"):
+        read_sequences(path, 30)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", ">i8", "uint8"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npy_integer_types_and_orders(dtype: str, order: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.data import sequences
+
+    monkeypatch.setattr(sequences, "_NPY_VALUES", 1000)  # several pieces
+    np.save(path := tmp_path / "x.npy", np.asarray(DIGITS, dtype=dtype, order=order))
+    digits = read_sequences(path, 30)
+    assert digits.is_contiguous() and torch.equal(digits, torch.as_tensor(DIGITS, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_the_first_bad_npy_value_by_row_in_either_order(order: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightsum.data import sequences
+
+    monkeypatch.setattr(sequences, "_NPY_VALUES", 1000)
+    bad = DIGITS.copy()
+    bad[250, 0], bad[200, 29], bad[40, 3] = 10, 11, -1  # in Fortran order column 0 comes first
+    np.save(path := tmp_path / "x.npy", np.asarray(bad, order=order))
+    with pytest.raises(ValueError, match="row 40, column 3: -1 is not a digit 0-9$"):
+        read_sequences(path, 30)
+
+
+@pytest.mark.parametrize(("raw", "named"), [
+    (b"\x93NUMPY\x09\x00" + b" " * 100, r"not a readable .npy array \(unknown format version 9.0\)"),
+    (b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8'\n", r"not a readable .npy array \("),
+    (b"3,4,5,6,7,8,9\n", r"not a readable .npy array \(the magic string is not correct"),
+])
+def test_damaged_npy_headers(raw: bytes, named: str, tmp_path: Path) -> None:
+    (path := tmp_path / "x.npy").write_bytes(raw)
+    with pytest.raises(ValueError, match=named):
+        read_sequences(path, 30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,10 +41,10 @@ def slurm_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def launch(root: Path, env: dict[str, str]) -> subprocess.Popen:
+def launch(root: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
     # The command an sbatch script would run, unchanged between the first run and the requeued one.
-    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *tiny(root, epochs=EPOCHS), "--data.num_samples=4000"],
-                            cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *tiny(root, epochs=EPOCHS), "--data.num_samples=4000",
+                             *extra], cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -61,17 +62,21 @@ def test_sigusr1_saves_at_a_batch_boundary_requeues_and_the_requeued_job_ends_ex
     uninterrupted = launch(tmp_path / "whole", {k: v for k, v in env.items() if not k.startswith("SLURM_")})
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stdout.read()[-3000:]
     run_dir = root / "default" / f"slurm_{JOB_ID}"  # named after the job: the same folder after a requeue
-    proc = launch(root, env)
-    wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), proc)  # epoch 0 done
-    time.sleep(0.3)  # into a later epoch, most likely mid-epoch
+    # A test callback holds the job at the end of epoch 1's 5th batch (of 13) until the signal is sent.
+    paused = {**env, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+              "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests"}
+    pause = {"loop": "train", "batch": 5, "epoch": 1, "marker": str(tmp_path / "paused"), "release": str(tmp_path / "release")}
+    proc = launch(root, paused, "--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}]))
+    wait_for((tmp_path / "paused").exists, proc)
     proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit (--signal=SIGUSR1@90)
+    (tmp_path / "release").touch()
     proc.wait(timeout=120)  # the fake scontrol kills the job as soon as it is requeued
     output = proc.stdout.read()
     assert proc.returncode == -signal.SIGKILL, output[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
     assert "lightsum: stopped by SIGUSR1 after batch" in output
     saved = read_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))  # written before the requeue
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] > 0  # mid-epoch
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] == 5  # mid-epoch
 
     # The same command again, as the requeued job runs it: it resumes at the next batch and ends as
     # the run that was never stopped.

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from lightsum.atomic import AtomicFile
 from lightsum.run_folders import run_folder_of
+
+# A file ``predict`` reads, by path; several (a list, e.g. every --config); or None.
+Protected = Union[str, os.PathLike, Iterable[Union[str, os.PathLike, None]], None]
 
 
 def prediction_target(path: str | os.PathLike | None, source: str | os.PathLike | None) -> Path | None:
@@ -21,22 +27,83 @@ def prediction_target(path: str | os.PathLike | None, source: str | os.PathLike 
     return Path(source).with_suffix(".predictions.csv") if source else None
 
 
-def check_target(target: Path, source: str | os.PathLike | None) -> None:
-    """Refuse, before anything is predicted, an output the CSV cannot be renamed to.
+def check_target(target: Path, protected: Mapping[str, Protected]) -> None:
+    """Refuse, before anything is predicted, an output the CSV cannot or must not be renamed over.
+
+    The CSV replaces the target whole (``AtomicFile`` renames it over it): a target naming a
+    file the command reads would lose it, and one naming a device, a fifo or a socket would
+    become a regular file in its place. A symlink is judged by what it links to, a hard link
+    by its file.
+
+    Args:
+        target: the output file.
+        protected: what the command reads, as the error names it -> its path, or several (a list;
+            None for none). E.g. ``{"the input file": ..., "the checkpoint": ..., "the config
+            file": [...]}``.
 
     Raises:
-        ValueError: ``target`` is a folder or the input file, or its folder cannot be made or written.
+        ValueError: ``target`` is (or links to) a ``protected`` file, a folder or anything but a
+            regular file, or its folder cannot be made or written.
     """
-    if target.is_dir():
+    target = Path(target)
+    real = _resolved(target)
+    for name, path in _paths(protected):
+        if _same_file(real, path):
+            raise ValueError(f"predictions.path would overwrite {name} {path}")
+    if real.is_dir():
         raise ValueError(f"predictions.path: {target} is a folder; name a file, e.g. {target / 'predictions.csv'}")
-    if source and target.resolve() == Path(source).resolve():
-        raise ValueError(f"predictions.path would overwrite the input file {source}")
+    kind = _special_kind(real)
+    if kind is not None:
+        shown = f"{target} (a link to {real})" if target.is_symlink() else str(target)
+        raise ValueError(f"predictions.path: {shown} is {kind}, not a regular file; name a file, e.g. predictions.csv")
     folder = target.absolute().parent
     existing = next(f for f in (folder, *folder.parents) if f.exists())
     if not existing.is_dir():
         raise ValueError(f"predictions.path: cannot write {target}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"predictions.path: cannot write {target}: no write permission in {existing}")
+
+
+def _resolved(target: Path) -> Path:
+    try:
+        return target.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop, before Python 3.13
+        raise ValueError(f"predictions.path: {target} cannot be resolved ({err})") from None
+
+
+def _paths(protected: Mapping[str, Protected]) -> Iterator[tuple[str, Path]]:
+    """(name, path) for each path in ``protected``, lists flattened, Nones left out."""
+    for name, value in protected.items():
+        if isinstance(value, (str, os.PathLike)):
+            yield name, Path(value)
+        elif value is not None:
+            for item in value:
+                yield from _paths({name: item})
+
+
+def _same_file(real: Path, path: Path) -> bool:
+    """Whether the resolved path ``real`` is the file ``path`` (by inode where both exist, so a
+    hard link counts too), or the same name resolved where either does not exist yet."""
+    with suppress(OSError):
+        return os.path.samefile(real, path)
+    with suppress(OSError, RuntimeError):
+        return real == path.resolve()
+    return False
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _special_kind(real: Path) -> str | None:
+    """What an existing ``real`` is when it is not a regular file (nor a folder), else None."""
+    try:
+        mode = real.stat().st_mode
+    except OSError:  # not there (it will be made), or not ours to look at (the write will say so)
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
 
 
 class PredictionCSV(BasePredictionWriter):
@@ -71,7 +138,9 @@ class PredictionCSV(BasePredictionWriter):
         if trainer.world_size > 1:
             raise ValueError("predict writes one CSV from one process: run it with --trainer.devices 1")
         target = self.output_path(trainer)
-        check_target(target, self.source(trainer))
+        # Again here, for the run folder's default and for whoever calls trainer.predict directly;
+        # the config files are the CLI's to protect (it checks before anything runs).
+        check_target(target, {"the input file": self.source(trainer), "the checkpoint": trainer.ckpt_path})
         self._out = AtomicFile(target, "w")
         self._out.open()
         self._out.write("row,probability,label\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 import pytorch_lightning as pl
@@ -86,7 +87,11 @@ class TrainLoss(pl.Callback):
         self._flush(trainer)  # a max_steps stop can end training mid-epoch
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._flush(trainer)  # the curve reaches the step that failed or was interrupted
+        # The curve reaches the step that failed or was interrupted, where the logger can still write.
+        # Where it cannot (the error being handled may be that one), raising here would replace that
+        # error and skip the other callbacks' clean-up; Lightning's logger wraps an OS error in ValueError.
+        with suppress(OSError, ValueError):
+            self._flush(trainer)
 
     def _flush(self, trainer: pl.Trainer) -> None:
         if not self._pending:

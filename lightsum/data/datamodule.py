@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 from lightsum.data.samplers import ResampledSampler, Sampling
 from lightsum.data.sequences import Layout, read_sequences
@@ -176,6 +176,26 @@ def _epoch(batches: Iterator, skip: int, before: Callable[[], None] | None) -> I
     for _ in range(skip):
         next(batches)
     yield from batches
+
+
+class ContiguousBatches(BatchSampler):
+    """The predict loader's batches: consecutive positions, each batch a ``range``, not a list.
+
+    Lightning keeps the positions of every batch it predicts until the run ends (for prediction
+    writers, which may ask for them); as lists of ints they hold about 40 bytes an input row, as
+    ranges a few dozen bytes a batch. A sampler other than a sequential one (one Lightning puts in
+    under DDP) gets the usual lists.
+    """
+
+    def __iter__(self) -> Iterator[range | list[int]]:
+        if not isinstance(self.sampler, SequentialSampler):
+            yield from super().__iter__()
+            return
+        size = len(self.sampler)
+        for start in range(0, size, self.batch_size):
+            stop = min(start + self.batch_size, size)
+            if stop - start == self.batch_size or not self.drop_last:
+                yield range(start, stop)
 
 
 class EachSequenceOnce(DistributedSampler):
@@ -494,4 +514,6 @@ class SumDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, self.hparams.eval_batch_size)
+        # In order and as ranges (ContiguousBatches): no memory per row beyond the digits' own.
+        batches = ContiguousBatches(SequentialSampler(self.predict_set), self.hparams.eval_batch_size, drop_last=False)
+        return DataLoader(self.predict_set, batch_sampler=batches, collate_fn=_batch_as_is)

@@ -53,7 +53,8 @@ class AtomicFile:
         with self._failing_cleanly():
             self.target.parent.mkdir(parents=True, exist_ok=True)
             remove_orphans(self.target.parent, self.orphans)
-            self.file = open(self.partial, self.mode)
+            self.partial.unlink(missing_ok=True)  # an earlier process's, with this pid (pids are reused)
+            self.file = open(self.partial, self.mode, opener=_private_new_file)
             keep_permissions(self.target, self.partial)
         return self.file
 
@@ -105,12 +106,21 @@ class AtomicFile:
             self.abort()
 
 
+def _private_new_file(path: str, flags: int) -> int:
+    # Created here, readable by this user only until keep_permissions sets its mode, and never
+    # opened through a link that someone planted under the partial file's (predictable) name.
+    return os.open(path, flags | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+
+
 def keep_permissions(target: Path, partial: Path) -> None:
     """Give the file that will replace ``target`` its mode (and, where allowed, its owner): a
-    private output stays private after the rename."""
+    private output stays private after the rename; a new one gets the mode the umask gives."""
     try:
         status = target.stat()
     except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
         return
     os.chmod(partial, stat.S_IMODE(status.st_mode))
     with suppress(PermissionError):  # only root may give a file away

@@ -17,6 +17,7 @@ import torch
 from lightsum.errors import note
 
 REQUIRED = ("state_dict", "hyper_parameters", "epoch", "global_step")
+MAX_LAYERS = 1000  # far past any LSTM that trains; building more on the meta device alone takes minutes
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -73,10 +74,13 @@ def check_weights_fit(checkpoint: dict[str, Any], path: str) -> None:
         raise ValueError(f"checkpoint {path}: hyper_parameters must be a mapping of names, got {type(hparams).__name__}")
     if not isinstance(weights, dict):
         raise ValueError(f"checkpoint {path}: state_dict must be a mapping of tensors, got {type(weights).__name__}")
+    layers = hparams.get("num_layers", 1)
+    if isinstance(layers, int) and layers > MAX_LAYERS:  # each layer is a module even on the meta device
+        raise ValueError(f"checkpoint {path}: its hyperparameters ask for {layers} LSTM layers (at most {MAX_LAYERS})")
     try:
         with torch.device("meta"):
             expected = SumClassifier(**{k: v for k, v in hparams.items() if not k.startswith("_")}).state_dict()
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:  # RuntimeError: sizes past int64
         raise ValueError(f"checkpoint {path}: its hyperparameters do not build a SumClassifier ({err})") from None
     size = sum(tensor.numel() * tensor.element_size() for tensor in expected.values())
     available = available_memory()
@@ -107,18 +111,19 @@ def newest_loadable(candidates: Iterable[Path], where: str) -> Path:
         ValueError: none of them loads (or there are none), naming each and why: a SLURM job
             then fails instead of being requeued to fail again.
     """
-    refused = []
+    refused = {}
     for path in sorted(set(candidates), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             read_checkpoint(path)
         except ValueError as err:
-            refused.append(str(err))
-            note(f"skipped {path}: {err}")
+            refused[path] = err
             continue
+        for skipped, err in refused.items():
+            note(f"skipped {skipped}: {err}")
         return path
     if not refused:
         raise ValueError(f"no checkpoint to resume from in {where}")
-    raise ValueError(f"no checkpoint in {where} loads ({'; '.join(refused)})")
+    raise ValueError(f"no checkpoint in {where} loads ({'; '.join(map(str, refused.values()))})")
 
 
 def nothing_left_to_train(checkpoint: dict[str, Any], max_epochs: int | None, max_steps: int) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.strategies import Strategy
 
 from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, Preemption, RandomStates, TrainLoss
 from lightsum.callbacks.preemption import stop_at_once
@@ -184,11 +185,21 @@ class SumCLI(LightningCLI):
         if config.get("ckpt_path") == "hpc":  # Lightning's pre-emption checkpoints, in the trainer's root folder
             folder = Path(config.trainer.get("default_root_dir") or ".")
             config.ckpt_path = str(newest_loadable(folder.glob("hpc_ckpt_*.ckpt"), str(folder)))
-        if self.subcommand == "fit" and config.get("ckpt_path"):
-            trainer = config.trainer
-            done = nothing_left_to_train(read_checkpoint(config.ckpt_path), trainer.get("max_epochs"), trainer.get("max_steps", -1))
+        if self.subcommand == "fit" and config.get("ckpt_path") not in (None, "last", "best", "hpc"):
+            path, trainer = config.ckpt_path, config.trainer
+            checkpoint = read_checkpoint(path)
+            done = nothing_left_to_train(checkpoint, trainer.get("max_epochs"), trainer.get("max_steps", -1))
             if done:
-                raise ValueError(f"nothing left to train in {config.ckpt_path}: {done}")
+                raise ValueError(f"nothing left to train in {path}: {done}")
+            # A resumed run keeps its model: options that would build another one are refused here,
+            # where Lightning's strict weight loading would stop with a traceback.
+            hparams = checkpoint["hyper_parameters"]
+            check_fits(hparams, config.data, f" with {path}")
+            differ = [f"model.{k}={v!r} (the command says {config.model[k]!r})" for k, v in hparams.items()
+                      if not k.startswith("_") and k in config.model and config.model[k] != v]
+            if differ:
+                raise ValueError(f"{path} was trained with {', '.join(differ)}: a resumed run keeps its model; "
+                                 "drop those options, or start a new run without --ckpt_path")
 
     def refuse_unused_options(self, config: Any) -> None:
         """Options only ``predict`` reads, given to another subcommand: refused when typed on the command
@@ -207,6 +218,9 @@ class SumCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         strategy = self.trainer.strategy
+        if type(strategy).load_checkpoint is not Strategy.load_checkpoint:  # FSDP, DeepSpeed: their own unpicklers
+            raise ValueError(f"trainer.strategy: {type(strategy).__name__} reads checkpoints its own way, past lightsum's "
+                             "weights-only reader: use ddp (lightsum's models fit on one device)")
         if not isinstance(strategy.checkpoint_io, AtomicCheckpointIO):
             if type(strategy.checkpoint_io) is not TorchCheckpointIO:  # a plugin that reads checkpoints its own way
                 raise ValueError(f"trainer.plugins: {type(strategy.checkpoint_io).__name__} would read checkpoints "

@@ -22,6 +22,7 @@ from jsonargparse import get_loader, set_loader, set_parsing_settings
 # profilers (with lightning_fabric, where some of them are defined), and lightsum itself.
 ALLOWED_IMPORTS = (
     "torch.optim",
+    "pytorch_lightning.cli.ReduceLROnPlateau",  # LightningCLI's ReduceLROnPlateau, which takes the monitor
     "pytorch_lightning.callbacks",
     "pytorch_lightning.loggers",
     "pytorch_lightning.plugins",

@@ -109,7 +109,12 @@ def resume_in_latest_version(config: Any) -> None:
         ValueError: the run holds checkpoints and none of them loads.
     """
     args = getattr(config.trainer.get("logger"), "init_args", None)
-    if args is None:
+    if args is None:  # no TensorBoard logger: Lightning's checkpoints go to <default_root_dir>/checkpoints
+        folder = Path(config.trainer.get("default_root_dir") or ".") / "checkpoints"
+        found = list(folder.glob("*.ckpt"))
+        config.ckpt_path = str(newest_loadable(found, str(folder))) if found else None
+        if not found:
+            note(f"--ckpt_path last: no checkpoint in {folder} to continue from; starting a new run")
         return
     root = Path(args.get("save_dir") or ".") / (args.get("name") or "")
     if args.get("version") is None:

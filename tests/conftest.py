@@ -82,7 +82,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch):
     from lightsum import atomic
 
     def fill(room: int) -> None:
-        monkeypatch.setattr(atomic, "open", lambda path, mode: FullDisk(path, mode, room), raising=False)
+        monkeypatch.setattr(atomic, "open", lambda path, mode, **_: FullDisk(path, mode, room), raising=False)
 
     return fill
 

@@ -144,7 +144,8 @@ def test_resume_with_no_loadable_checkpoint_stops_in_one_line_and_changes_nothin
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     code, err = run_fit([*tiny(root, epochs=FITTED_EPOCHS + 1), "--ckpt_path=last"], capsys)
     assert code == 2
-    assert err.strip().splitlines()[-1].startswith(f"lightsum: error: no checkpoint in {run} loads (checkpoint ")
+    (line,) = err.strip().splitlines()  # each refused checkpoint is named in it, not in notes before it
+    assert line.startswith(f"lightsum: error: no checkpoint in {run} loads (checkpoint ")
     assert not marker.exists()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
@@ -191,6 +192,8 @@ def test_a_foreign_checkpoint_plugin_is_refused(tmp_path: Path, capsys) -> None:
     (lambda c: c.update(hyper_parameters=[["hidden_size", 8]]), "hyper_parameters must be a mapping of names, got list"),
     (lambda c: c["state_dict"].update({"net.head.bias": [0.0]}), "net.head.bias is a list, not a tensor"),
     (lambda c: c.update(state_dict=3), "state_dict must be a mapping of tensors, got int"),
+    (lambda c: c["hyper_parameters"].update(hidden_size=10**10), "its hyperparameters do not build a SumClassifier"),
+    (lambda c: c["hyper_parameters"].update(num_layers=10**8), "ask for 100000000 LSTM layers"),
 ])
 def test_hyperparameters_and_weights_of_the_wrong_kind_or_size_are_refused(change, message, good: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
@@ -225,3 +228,43 @@ def test_ckpt_path_hpc_takes_the_newest_hpc_checkpoint_that_loads(fitted, tmp_pa
     assert not marker.exists()
     (last,) = (tmp_path / "logs").glob("default/version_*/checkpoints/last.ckpt")
     assert read_checkpoint(last)["epoch"] == FITTED_EPOCHS  # one more epoch after the hpc checkpoint's
+
+
+def test_lightsum_debug_shows_the_traceback_instead_of_the_line(tmp_path: Path, monkeypatch) -> None:
+    torch.save({"state_dict": {}, "payload": Evil()}, evil := tmp_path / "evil.ckpt")
+    monkeypatch.setenv("LIGHTSUM_DEBUG", "1")
+    with pytest.raises(ValueError, match=f"checkpoint {evil} holds a pickled print"):
+        main(["test", *tiny(tmp_path / "logs"), f"--ckpt_path={evil}"])
+
+
+def test_resume_without_a_logger_takes_the_checkpoint_folder_of_the_root(fitted, tmp_path: Path, capsys) -> None:
+    shutil.copytree(Path(fitted.trainer.log_dir) / "checkpoints", tmp_path / "checkpoints")
+    args = [*tiny(tmp_path / "logs", epochs=FITTED_EPOCHS + 1), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+            "--best_checkpoint.monitor=val/min_recall"]
+    code, err = run_fit([*args, "--ckpt_path=last"], capsys)
+    assert code == 0, err
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == FITTED_EPOCHS
+
+
+def test_a_resumed_run_keeps_its_model(fitted, tmp_path: Path, capsys) -> None:
+    run = copied_run(fitted, root := tmp_path / "logs")
+    code, err = run_fit([*tiny(root, epochs=FITTED_EPOCHS + 1), "--model.hidden_size=16", "--ckpt_path=last"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"lightsum: error: {run / 'checkpoints' / 'last.ckpt'} was trained with model.hidden_size=8 (the command says 16): "
+        "a resumed run keeps its model; drop those options, or start a new run without --ckpt_path")
+
+
+def test_a_strategy_with_its_own_checkpoint_reader_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    # As FSDP and DeepSpeed do (they need GPUs): a strategy that overrides load_checkpoint.
+    (tmp_path / "own_reader.py").write_text(
+        "from pytorch_lightning.strategies import SingleDeviceStrategy\n\n"
+        "class OwnReader(SingleDeviceStrategy):\n"
+        "    def load_checkpoint(self, checkpoint_path, weights_only=None):\n"
+        "        raise AssertionError('never called')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LIGHTSUM_ALLOW_IMPORTS", "own_reader")
+    strategy = '{"class_path": "own_reader.OwnReader", "init_args": {"device": "cpu"}}'
+    code, err = run_fit([*tiny(tmp_path / "logs"), f"--trainer.strategy={strategy}"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("lightsum: error: trainer.strategy: OwnReader reads checkpoints its own way")

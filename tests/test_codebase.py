@@ -19,7 +19,8 @@ PACKAGE = REPO / "lightsum"
 # Lightning's public modules lightsum may import from (its documented API).
 PUBLIC_LIGHTNING = {
     "pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.cli", "pytorch_lightning.loggers",
-    "pytorch_lightning.plugins", "pytorch_lightning.plugins.environments", "pytorch_lightning.utilities",
+    "pytorch_lightning.plugins", "pytorch_lightning.plugins.environments", "pytorch_lightning.strategies",
+    "pytorch_lightning.utilities",
     "pytorch_lightning.utilities.exceptions",
 }
 

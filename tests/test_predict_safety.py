@@ -192,6 +192,29 @@ def test_a_replaced_output_keeps_its_permissions(mode: int, tmp_path: Path) -> N
     assert stat.S_IMODE(out.stat().st_mode) == mode
 
 
+def test_an_output_through_a_link_writes_the_file_it_names_and_keeps_the_link(tmp_path: Path) -> None:
+    np.save(source := tmp_path / "mine.npy", DIGITS)
+    (real := tmp_path / "kept" / "results.csv").parent.mkdir()
+    real.write_text("earlier results\n")
+    (out := tmp_path / "out.csv").symlink_to(real)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV(str(out))])
+    trainer.predict(SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)), return_predictions=False)
+    assert out.is_symlink() and out.resolve() == real
+    assert len(real.read_text().splitlines()) == 1 + len(DIGITS)
+
+
+def test_a_new_output_gets_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    from lightsum.atomic import AtomicFile
+
+    previous = os.umask(0o027)
+    try:
+        with AtomicFile(out := tmp_path / "new.csv", "w") as new:
+            new.write("x\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`", "ignore:The dirpath has changed")
 def test_the_writer_refuses_the_checkpoint_it_scores(tmp_path: Path, checkpoint: Path) -> None:
     # Called from Python, without the CLI's check: the writer's own, before anything is written.

@@ -131,10 +131,10 @@ def test_a_filesystem_turning_read_only_mid_fit(run_root: Path, monkeypatch: pyt
             raise read_only(filename)
         tensorboard_append(fs, filename, content, binary_mode)
 
-    def open_atomic(path, mode):
+    def open_atomic(path, mode, **options):
         if kept:
             raise read_only(path)
-        return open(path, mode)
+        return open(path, mode, **options)
 
     start, tensorboard_append = TrainLoss.on_train_epoch_start, gfile.LocalFileSystem.append
     monkeypatch.setattr(TrainLoss, "on_train_epoch_start", epoch_start)

@@ -141,7 +141,7 @@ class PredictionCSV(BasePredictionWriter):
         # Again here, for the run folder's default and for whoever calls trainer.predict directly;
         # the config files are the CLI's to protect (it checks before anything runs).
         check_target(target, {"the input file": self.source(trainer), "the checkpoint": trainer.ckpt_path})
-        self._out = AtomicFile(target, "w")
+        self._out = AtomicFile(target.resolve(), "w")  # through a link, to the file it names: the link stays
         self._out.open()
         self._out.write("row,probability,label\n")
         self._rows = 0

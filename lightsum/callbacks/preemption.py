@@ -101,7 +101,7 @@ class Preemption(pl.Callback):
         """Give back the replaced handlers where ours is still installed (Lightning's teardown may
         have put back its own already; restoring over it would leave Lightning's in place)."""
         for signum, handler in self._previous.items():
-            if signal.getsignal(signum) == self._record:
+            if signal.getsignal(signum) in (self._record, signal.SIG_IGN):  # ours, or ignored by _stop
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
@@ -115,7 +115,7 @@ class Preemption(pl.Callback):
         self._restore()  # Lightning's teardown, just before, has put back what it found
         if self.signum is not None:  # came after the last check below: the run is complete
             fn = trainer.state.fn.value
-            self._stop(trainer, f"as {fn} finished: {'training is complete' if fn == 'fit' else _KEPT[fn][1]}")
+            self._stop(trainer, f"as {fn} finished: {'training is complete' if fn == 'fit' else _KEPT[fn][1]}", complete=True)
 
     # -- fit ----------------------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class Preemption(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._decided(trainer):
             where = f", its checkpoints are in {self._last_ckpt(trainer).parent}" if trainer.checkpoint_callback else ""
-            self._stop(trainer, f"after the last epoch and its validation: training is complete{where}")
+            self._stop(trainer, f"after the last epoch and its validation: training is complete{where}", complete=True)
 
     # -- the sanity check and evaluations ------------------------------------------------------------
 
@@ -234,12 +234,17 @@ class Preemption(pl.Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         return stop
 
-    def _stop(self, trainer: pl.Trainer, where: str) -> None:
+    def _stop(self, trainer: pl.Trainer, where: str, complete: bool = False) -> None:
+        """Say where the run stopped, requeue a SLURM job that has work left (SIGUSR1), and raise
+        ``Stopped``. Further stop signals are ignored from here until the handlers are given back:
+        the stop is decided, and the clean-up (aborting a partial file) must not be interrupted."""
         signum = self.signum or signal.SIGTERM  # another rank's signal
         self.signum = None  # acted on
+        for installed in self._previous:
+            signal.signal(installed, signal.SIG_IGN)
         note(f"stopped by {signal.Signals(signum).name} {where}")
-        if signum == signal.SIGUSR1 and trainer.is_global_zero:
-            requeue()
+        if signum == signal.SIGUSR1 and trainer.is_global_zero and not complete:
+            requeue()  # a finished run requeued would only be refused: nothing left to train
         raise Stopped(signum)
 
     @staticmethod

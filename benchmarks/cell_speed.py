@@ -60,7 +60,7 @@ def main() -> None:
             x = torch.randint(0, 10, (batch, steps, features), generator=gen).float().div(9).to(device)
             y = torch.randint(0, 2, (batch,), generator=gen).float().to(device)
 
-            def step(model: SumNet) -> None:
+            def step(model: SumNet, x: torch.Tensor = x, y: torch.Tensor = y) -> None:  # this round's batch
                 model.zero_grad(set_to_none=True)
                 F.binary_cross_entropy_with_logits(model(x), y).backward()
 

@@ -15,8 +15,8 @@ import torch
 
 from lightsum import SumClassifier
 from lightsum.data.datamodule import labels_of, natural_digits
-from lightsum.metrics import class_metrics
 from lightsum.data.synthesis import digits_per_sum
+from lightsum.metrics import class_metrics
 
 
 def main() -> None:
@@ -47,7 +47,12 @@ def main() -> None:
     hard = digits_per_sum(lo, hi, opts.per_sum, seq_len, g)
     correct = torch.as_tensor(model.predict(hard)) == labels_of(hard, threshold).long()
     print(f"sums {lo}-{hi}, {opts.per_sum} per sum (exact conditional sampling): accuracy {correct.float().mean():.4f}")
-    print("  " + "  ".join(f"{s}:{a:.3f}" for s, a in zip(range(lo, hi + 1), correct.view(-1, opts.per_sum).float().mean(1).tolist())))
+    print(
+        "  "
+        + "  ".join(
+            f"{s}:{a:.3f}" for s, a in zip(range(lo, hi + 1), correct.view(-1, opts.per_sum).float().mean(1).tolist())
+        )
+    )
 
     wrong = torch.as_tensor(model.predict(digits)) != target.long()
     natural_sums = digits.sum(1, dtype=torch.int64)

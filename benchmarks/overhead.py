@@ -41,11 +41,16 @@ OPTIONS: list[str] = []  # extra CLI arguments for every run (--accelerator, --n
 def build(layout: str, batch_size: int, epochs: int, root: str, *extra: str) -> SumCLI:
     """The seed config's CLI (not run) in ``layout`` at ``batch_size``, logging under ``root``."""
     args = [
-        "--config", str(SEED_CONFIG), f"--data.layout={layout}", f"--data.batch_size={batch_size}",
-        f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={root}",
+        "--config",
+        str(SEED_CONFIG),
+        f"--data.layout={layout}",
+        f"--data.batch_size={batch_size}",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.logger.init_args.save_dir={root}",
         "--trainer.enable_model_summary=false",
         "--data.boundary_per_sum=0",  # the plain loop validates on the natural set alone, as seed.yaml did before it
-        *OPTIONS, *extra,
+        *OPTIONS,
+        *extra,
     ]
     return build_cli(args, run=False)
 
@@ -140,7 +145,9 @@ def data_path_us(layout: str, batch_size: int, epochs: int) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per timing (a multiple of figures.every_n_epochs)")
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="epochs per timing (a multiple of figures.every_n_epochs)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cases", nargs="+", default=["flat:50", "sequence:50", "flat:1024", "sequence:1024"])
     parser.add_argument("--accelerator", default="cpu", help="trainer.accelerator for both sides (cpu, gpu)")
@@ -149,10 +156,14 @@ def main() -> None:
     OPTIONS.append(f"--trainer.accelerator={opts.accelerator}")
     if opts.num_samples:
         OPTIONS.append(f"--data.num_samples={opts.num_samples}")
-    device = torch.cuda.get_device_name() if opts.accelerator == "gpu" else f"CPU, torch threads {torch.get_num_threads()}"
+    device = (
+        torch.cuda.get_device_name() if opts.accelerator == "gpu" else f"CPU, torch threads {torch.get_num_threads()}"
+    )
     print(f"seed config {' '.join(OPTIONS)}, {opts.epochs} epochs per timing, median of {opts.repeats}, {device}")
-    print(f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} {'range':>9s} "
-          f"{'lightsum s/epoch':>17s} {'data us/batch lightsum':>23s} {'plain':>6s}")
+    print(
+        f"{'layout':9s} {'batch':>5s} {'plain samples/s':>16s} {'lightsum samples/s':>19s} {'ratio':>6s} {'range':>9s} "
+        f"{'lightsum s/epoch':>17s} {'data us/batch lightsum':>23s} {'plain':>6s}"
+    )
     for case in opts.cases:
         layout, batch = case.split(":")
         plain, light = [], []
@@ -166,8 +177,11 @@ def main() -> None:
         # repeats, and a pair shares it; the median of the pairs and their range are printed.
         ratios = [b / a for a, b in zip(plain, light)]
         data_light, data_plain = data_path_us(layout, int(batch), opts.epochs)
-        print(f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {statistics.median(ratios):6.3f} "
-              f"{min(ratios):.2f}-{max(ratios):.2f} {n / q:17.3f} {data_light:23.1f} {data_plain:6.1f}", flush=True)
+        print(
+            f"{layout:9s} {batch:>5s} {p:16.0f} {q:19.0f} {statistics.median(ratios):6.3f} "
+            f"{min(ratios):.2f}-{max(ratios):.2f} {n / q:17.3f} {data_light:23.1f} {data_plain:6.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

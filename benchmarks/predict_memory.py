@@ -31,8 +31,10 @@ import numpy as np
 SEQ_LEN = 30
 _WRITE_ROWS = 1_000_000  # rows converted to text at a time: bounded memory in this process too
 # Runs a command and prints its peak RSS: the intermediate process has that one child only.
-_MEASURE = ("import json, resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-            "print(json.dumps({'rc': code, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+_MEASURE = (
+    "import json, resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(json.dumps({'rc': code, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+)
 
 
 def digits(rows: int) -> np.ndarray:
@@ -46,7 +48,7 @@ def write_csv(path: Path, array: np.ndarray) -> None:
     """One string of 30 digits per line, written a million rows at a time."""
     with open(path, "wb") as out:
         for start in range(0, len(array), _WRITE_ROWS):
-            chunk = array[start:start + _WRITE_ROWS] + ord("0")
+            chunk = array[start : start + _WRITE_ROWS] + ord("0")
             lines = np.hstack([chunk, np.full((len(chunk), 1), ord("\n"), np.uint8)])
             out.write(lines.tobytes())
 
@@ -54,8 +56,12 @@ def write_csv(path: Path, array: np.ndarray) -> None:
 def lightsum(*args: str, env: dict[str, str]) -> dict:
     """``python -m lightsum ARGS`` under its own measuring process: exit code, peak RSS, wall time."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "lightsum", *args],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, sys.executable, "-m", "lightsum", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if out.returncode != 0 or not out.stdout.strip():
         raise SystemExit(f"lightsum {' '.join(args)} failed:\n{out.stderr[-3000:]}")
@@ -67,9 +73,18 @@ def lightsum(*args: str, env: dict[str, str]) -> dict:
 
 def tiny_checkpoint(folder: Path, env: dict[str, str]) -> Path:
     """A model trained just enough to load: one epoch of 2,000 sequences, hidden size 8."""
-    lightsum("fit", f"--trainer.logger.init_args.save_dir={folder}", "--trainer.max_epochs=1",
-             "--trainer.enable_progress_bar=false", "--data.num_samples=2000", "--data.test_samples=1000",
-             "--data.calibration_per_sum=20", "--data.boundary_per_sum=20", "--model.hidden_size=8", env=env)
+    lightsum(
+        "fit",
+        f"--trainer.logger.init_args.save_dir={folder}",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        "--data.num_samples=2000",
+        "--data.test_samples=1000",
+        "--data.calibration_per_sum=20",
+        "--data.boundary_per_sum=20",
+        "--model.hidden_size=8",
+        env=env,
+    )
     (checkpoint,) = folder.glob("*/version_0/checkpoints/last.ckpt")
     return checkpoint
 
@@ -102,13 +117,23 @@ def main() -> None:
                 source = folder / f"sequences.{form}"
                 write_csv(source, array) if form == "csv" else np.save(source, array)
                 out = folder / "predictions.csv"
-                figures = lightsum("predict", f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                                   f"--predictions.path={out}", "--trainer.enable_progress_bar=false",
-                                   "--return_predictions=false", *extra, env=env)
+                figures = lightsum(
+                    "predict",
+                    f"--ckpt_path={checkpoint}",
+                    f"--data.predict_path={source}",
+                    f"--predictions.path={out}",
+                    "--trainer.enable_progress_bar=false",
+                    "--return_predictions=false",
+                    *extra,
+                    env=env,
+                )
                 if count_lines(out) != rows + 1:  # the header and one line per sequence
                     raise SystemExit(f"{out} does not hold {rows} predictions")
-                print(f"{rows:>11,} {form:<6} {source.stat().st_size / 1e6:>9.0f} {figures['peak_bytes'] / 2**20:>12.0f} "
-                      f"{figures['seconds']:>7.1f} {figures['seconds'] / rows * 1e6:>7.2f}", flush=True)
+                print(
+                    f"{rows:>11,} {form:<6} {source.stat().st_size / 1e6:>9.0f} {figures['peak_bytes'] / 2**20:>12.0f} "
+                    f"{figures['seconds']:>7.1f} {figures['seconds'] / rows * 1e6:>7.2f}",
+                    flush=True,
+                )
                 source.unlink()
                 out.unlink()
             del array

@@ -37,8 +37,13 @@ def measure(n: int, distribution: str, batch_size: int) -> dict:
     start = time.perf_counter()
     rows = sum(len(batch[1]) for batch in loader)
     epoch = time.perf_counter() - start
-    return {"seconds": seconds, "peak_bytes": peak, "digit_bytes": n * data.hparams.seq_len,
-            "epoch_seconds": epoch, "epoch_rows": rows}
+    return {
+        "seconds": seconds,
+        "peak_bytes": peak,
+        "digit_bytes": n * data.hparams.seq_len,
+        "epoch_seconds": epoch,
+        "epoch_rows": rows,
+    }
 
 
 def main() -> None:
@@ -50,19 +55,29 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(int(args.child[0]), args.child[1], args.batch_size)))
         return
-    print("N, distribution: setup('fit') seconds | peak RSS increase / digits' uint8 bytes | "
-          "one oversampled training epoch, data path only (batch %d)" % args.batch_size)
-    print(f"{'N':>10} {'distribution':<9} {'gen s':>7} {'peak MB':>8} {'digits MB':>9} {'ratio':>6} "
-          f"{'epoch s':>8} {'rows':>10} {'us/row':>7}")
+    print(
+        "N, distribution: setup('fit') seconds | peak RSS increase / digits' uint8 bytes | "
+        f"one oversampled training epoch, data path only (batch {args.batch_size})"
+    )
+    print(
+        f"{'N':>10} {'distribution':<9} {'gen s':>7} {'peak MB':>8} {'digits MB':>9} {'ratio':>6} "
+        f"{'epoch s':>8} {'rows':>10} {'us/row':>7}"
+    )
     for n in args.sizes:
         for distribution in ("natural", "balanced"):
-            out = subprocess.run([sys.executable, __file__, "--batch-size", str(args.batch_size), "--child", str(n), distribution],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--batch-size", str(args.batch_size), "--child", str(n), distribution],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{n:>10,} {distribution:<9} {r['seconds']:7.2f} {r['peak_bytes'] / 1e6:8.1f} "
-                  f"{r['digit_bytes'] / 1e6:9.1f} {r['peak_bytes'] / r['digit_bytes']:6.2f} "
-                  f"{r['epoch_seconds']:8.2f} {r['epoch_rows']:>10,} {r['epoch_seconds'] / r['epoch_rows'] * 1e6:7.2f}",
-                  flush=True)
+            print(
+                f"{n:>10,} {distribution:<9} {r['seconds']:7.2f} {r['peak_bytes'] / 1e6:8.1f} "
+                f"{r['digit_bytes'] / 1e6:9.1f} {r['peak_bytes'] / r['digit_bytes']:6.2f} "
+                f"{r['epoch_seconds']:8.2f} {r['epoch_rows']:>10,} {r['epoch_seconds'] / r['epoch_rows'] * 1e6:7.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

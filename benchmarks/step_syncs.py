@@ -43,19 +43,28 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("step_syncs.py needs a CUDA device")
     with tempfile.TemporaryDirectory() as root:
-        cli = build_cli([
-            "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.max_epochs=1",
-            "--trainer.enable_progress_bar=false", "--trainer.num_sanity_val_steps=0",
-            f"--data.num_samples={opts.num_samples}", f"--trainer.logger.init_args.save_dir={root}",
-        ], run=False)
+        cli = build_cli(
+            [
+                "--trainer.accelerator=gpu",
+                "--trainer.devices=1",
+                "--trainer.max_epochs=1",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.num_sanity_val_steps=0",
+                f"--data.num_samples={opts.num_samples}",
+                f"--trainer.logger.init_args.save_dir={root}",
+            ],
+            run=False,
+        )
         cli.trainer.callbacks.append(SyncWatch())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
     steps = cli.trainer.global_step
-    print(f"data on {cli.datamodule.train_set.digits.device}; {steps} training steps, {len(syncs)} host syncs "
-          f"({len(syncs) / max(steps, 1):.3f} per step; train/loss flushes every 50 steps: {steps // 50 + 1})")
+    print(
+        f"data on {cli.datamodule.train_set.digits.device}; {steps} training steps, {len(syncs)} host syncs "
+        f"({len(syncs) / max(steps, 1):.3f} per step; train/loss flushes every 50 steps: {steps // 50 + 1})"
+    )
     for message, count in collections.Counter(syncs).most_common(5):
         print(f"  {count:5d} x {message}")
 

@@ -41,11 +41,19 @@ STRATEGIES = {
     "logit_adjusted": ["--model.loss=logit_adjusted"],
     "boundary": ["--data.train_distribution=boundary"],
     "boundary+oversample": ["--data.train_distribution=boundary", "--data.sampling=oversample"],
-    "boundary+oversample+redraw": ["--data.train_distribution=boundary", "--data.sampling=oversample",
-                                   "--data.boundary_redraw=true"],
+    "boundary+oversample+redraw": [
+        "--data.train_distribution=boundary",
+        "--data.sampling=oversample",
+        "--data.boundary_redraw=true",
+    ],
 }
-BASE = ["--data.sampling=none", "--data.train_distribution=natural", "--data.boundary_redraw=false", "--model.loss=bce",
-        "--model.pos_weight=null"]
+BASE = [
+    "--data.sampling=none",
+    "--data.train_distribution=natural",
+    "--data.boundary_redraw=false",
+    "--model.loss=bce",
+    "--model.pos_weight=null",
+]
 COLUMNS = ("recall_0", "recall_1", "min_recall", "missed", "boundary_accuracy", "at_threshold", "auroc")
 
 
@@ -57,7 +65,9 @@ class StepCosineCLI(SumCLI):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
 
 
-def fresh_sets(seq_len: int, threshold: int, natural: int, per_sum: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def fresh_sets(
+    seq_len: int, threshold: int, natural: int, per_sum: int, seed: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)  # a seed no training or tuning stream uses
     digits = natural_digits(natural, seq_len, g)
     boundary = digits_per_sum(threshold - 5, threshold + 4, per_sum, seq_len, g)
@@ -67,14 +77,21 @@ def fresh_sets(seq_len: int, threshold: int, natural: int, per_sum: int, seed: i
 def run(strategy: str, seed: int, opts: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
     steps = opts.steps
     args = [
-        *BASE, *STRATEGIES[strategy], *opts.extra,
-        f"--seed_everything={seed}", f"--data.seed={seed}",
-        f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
+        *BASE,
+        *STRATEGIES[strategy],
+        *opts.extra,
+        f"--seed_everything={seed}",
+        f"--data.seed={seed}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.max_epochs=-1",
         f"--lr_scheduler.T_max={steps}",
-        f"--trainer.val_check_interval={max(steps // 5, 1)}", "--trainer.check_val_every_n_epoch=null",
+        f"--trainer.val_check_interval={max(steps // 5, 1)}",
+        "--trainer.check_val_every_n_epoch=null",
         "--model.decision_threshold=tuned",
-        f"--trainer.logger.init_args.save_dir={root}", f"--trainer.logger.init_args.name={strategy}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={root}",
+        f"--trainer.logger.init_args.name={strategy}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
     ]
     start = time.perf_counter()
     with quiet_notices():
@@ -115,8 +132,11 @@ def main_table() -> None:
                 for col in (*COLUMNS, "seconds"):
                     values = [r[threshold][col] for r in results]
                     std = statistics.stdev(values) if len(values) > 1 else 0.0
-                    cells.append(f"{statistics.mean(values):.0f} ± {std:.0f}" if col in ("seconds", "missed")
-                                 else f"{statistics.mean(values):.4f} ± {std:.4f}")
+                    cells.append(
+                        f"{statistics.mean(values):.0f} ± {std:.0f}"
+                        if col in ("seconds", "missed")
+                        else f"{statistics.mean(values):.4f} ± {std:.4f}"
+                    )
                 rows.append(f"| {strategy} | {threshold} | " + " | ".join(cells) + " |")
                 print(rows[-1], file=sys.stderr, flush=True)
     print(f"\n{opts.steps} steps per run, seeds {opts.seeds}, extra overrides: {' '.join(opts.extra) or 'none'}")

@@ -41,16 +41,20 @@ def main() -> None:
     print(f"tables (first call, seq_len {seq_len}): {time.perf_counter() - start:.3f} s")
 
     def balanced() -> torch.Tensor:
-        return torch.cat([
-            class_digits(n // 2, 0, seq_len, threshold, g),
-            class_digits(n - n // 2, 1, seq_len, threshold, g),
-        ])
+        return torch.cat(
+            [
+                class_digits(n // 2, 0, seq_len, threshold, g),
+                class_digits(n - n // 2, 1, seq_len, threshold, g),
+            ]
+        )
 
     def natural() -> torch.Tensor:
         return torch.randint(0, 10, (n, seq_len), dtype=torch.uint8, generator=g)
 
-    print(f"{n:,} sequences, seq_len {seq_len}, threshold {threshold}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"{n:,} sequences, seq_len {seq_len}, threshold {threshold}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     for name, fn in [("balanced class_digits", balanced), ("natural torch.randint", natural)]:
         seconds = median_seconds(fn, args.repeats)
         print(f"  {name:<22} {seconds:7.3f} s  {n / seconds:13,.0f} sequences/s")

@@ -156,7 +156,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's writer and read by its reader, with weights_only forced on.
     """
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
         from lightsum.checkpoints import read_checkpoint  # lightsum.checkpoints builds models: imported late
@@ -177,4 +179,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def write(self, data: memoryview, out: AtomicFile) -> None:
         """Write the serialised checkpoint into the open partial file (a seam for tests)."""
         out.write(data)
-

@@ -51,10 +51,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         what = f"a pickled {found[1]}" if found else "pickled objects"
-        raise ValueError(f"checkpoint {path} holds {what}, which only running its code could rebuild: refused "
-                         "(checkpoints are read with torch's weights-only loader)") from None
+        raise ValueError(
+            f"checkpoint {path} holds {what}, which only running its code could rebuild: refused "
+            "(checkpoints are read with torch's weights-only loader)"
+        ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"checkpoint is corrupt: {path} ({(str(err).splitlines() or [type(err).__name__])[0]})") from None
+        raise ValueError(
+            f"checkpoint is corrupt: {path} ({(str(err).splitlines() or [type(err).__name__])[0]})"
+        ) from None
     missing = [key for key in REQUIRED if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise ValueError(f"{path} is not a lightsum checkpoint: it has no {', '.join(missing)}")
@@ -71,7 +75,9 @@ def check_weights_fit(checkpoint: dict[str, Any], path: str) -> None:
 
     hparams, weights = checkpoint["hyper_parameters"], checkpoint["state_dict"]
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
-        raise ValueError(f"checkpoint {path}: hyper_parameters must be a mapping of names, got {type(hparams).__name__}")
+        raise ValueError(
+            f"checkpoint {path}: hyper_parameters must be a mapping of names, got {type(hparams).__name__}"
+        )
     if not isinstance(weights, dict):
         raise ValueError(f"checkpoint {path}: state_dict must be a mapping of tensors, got {type(weights).__name__}")
     layers = hparams.get("num_layers", 1)
@@ -85,16 +91,20 @@ def check_weights_fit(checkpoint: dict[str, Any], path: str) -> None:
     size = sum(tensor.numel() * tensor.element_size() for tensor in expected.values())
     available = available_memory()
     if available is not None and size > available:
-        raise ValueError(f"checkpoint {path}: its hyperparameters make a model of {size / 1e9:.1f} GB, and this "
-                         f"machine has {available / 1e9:.1f} GB available")
+        raise ValueError(
+            f"checkpoint {path}: its hyperparameters make a model of {size / 1e9:.1f} GB, and this "
+            f"machine has {available / 1e9:.1f} GB available"
+        )
     for name, tensor in expected.items():
         if name not in weights:
             raise ValueError(f"checkpoint {path}: no weights for {name}")
         if not isinstance(weights[name], torch.Tensor):
             raise ValueError(f"checkpoint {path}: {name} is a {type(weights[name]).__name__}, not a tensor")
         if tuple(weights[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"checkpoint {path}: {name} has shape {tuple(weights[name].shape)}, but its "
-                             f"hyperparameters make {tuple(tensor.shape)}")
+            raise ValueError(
+                f"checkpoint {path}: {name} has shape {tuple(weights[name].shape)}, but its "
+                f"hyperparameters make {tuple(tensor.shape)}"
+            )
     extra = sorted(set(weights) - set(expected))
     if extra:
         raise ValueError(f"checkpoint {path}: weights the model does not have: {', '.join(map(str, extra[:3]))}")
@@ -136,7 +146,9 @@ def nothing_left_to_train(checkpoint: dict[str, Any], max_epochs: int | None, ma
     if max_steps > 0 and checkpoint["global_step"] >= max_steps:
         return f"it trained {checkpoint['global_step']} steps and --trainer.max_steps is {max_steps}: raise it"
     if max_epochs is not None and max_epochs >= 0 and isinstance(epochs, int) and epochs >= max_epochs:
-        return (f"it trained {epochs} epochs and --trainer.max_epochs is {max_epochs}: raise it to train further "
-                "(the learning-rate schedule resumes as saved, and a cosine schedule climbs again past its T_max: "
-                "for a longer schedule, start a new fit with both larger)")
+        return (
+            f"it trained {epochs} epochs and --trainer.max_epochs is {max_epochs}: raise it to train further "
+            "(the learning-rate schedule resumes as saved, and a cosine schedule climbs again past its T_max: "
+            "for a longer schedule, start a new fit with both larger)"
+        )
     return None

@@ -82,11 +82,22 @@ class SumClassifier(pl.LightningModule):
         self.save_hyperparameters()
         check_arguments("model", self.hparams, _RULES)
         if loss == "focal" and pos_weight is not None:
-            raise ValueError("model.pos_weight does not apply to model.loss=focal: weigh the classes with model.focal_alpha")
-        self.net = SumNet(1 if layout == "sequence" else seq_len, hidden_size, num_layers=num_layers, dropout=dropout,
-                          recurrent_activation=recurrent_activation, unit_forget_bias=unit_forget_bias, init=init)
+            raise ValueError(
+                "model.pos_weight does not apply to model.loss=focal: weigh the classes with model.focal_alpha"
+            )
+        self.net = SumNet(
+            1 if layout == "sequence" else seq_len,
+            hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            recurrent_activation=recurrent_activation,
+            unit_forget_bias=unit_forget_bias,
+            init=init,
+        )
         # Buffers, so they move with the model and are saved in checkpoints.
-        self.register_buffer("decision_threshold", torch.tensor(0.5 if decision_threshold == "tuned" else float(decision_threshold)))
+        self.register_buffer(
+            "decision_threshold", torch.tensor(0.5 if decision_threshold == "tuned" else float(decision_threshold))
+        )
         self.register_buffer("pos_weight", torch.tensor(1.0 if pos_weight in (None, "balanced") else float(pos_weight)))
         # tau * log(pi_1 / pi_0) of the training batches, set in setup("fit"); training only.
         self.register_buffer("logit_adjustment", torch.tensor(0.0), persistent=False)
@@ -138,7 +149,9 @@ class SumClassifier(pl.LightningModule):
             self.pos_weight.fill_((len(labels) - n_pos) / n_pos)
         if stage == "fit" and self.hparams.loss == "logit_adjusted":
             if data is None:
-                raise ValueError("model.loss=logit_adjusted reads the training batches' class prior from lightsum's SumDataModule")
+                raise ValueError(
+                    "model.loss=logit_adjusted reads the training batches' class prior from lightsum's SumDataModule"
+                )
             self.logit_adjustment.fill_(logit_adjustment(data.positive_share(), self.hparams.logit_tau))
 
     def on_fit_start(self) -> None:
@@ -226,7 +239,9 @@ class SumClassifier(pl.LightningModule):
         self.eval()
         try:
             # An LSTM refuses a batch of 0 sequences, so an empty input is not run at all.
-            chunks = [torch.sigmoid(self(chunk.to(self.device))).cpu() for chunk in tensor.split(_PREDICT_CHUNK) if len(chunk)]
+            chunks = [
+                torch.sigmoid(self(chunk.to(self.device))).cpu() for chunk in tensor.split(_PREDICT_CHUNK) if len(chunk)
+            ]
         finally:
             self.train(was_training)
         probs = torch.cat(chunks) if chunks else torch.empty(0, dtype=self.dtype)
@@ -261,5 +276,7 @@ def refuse_float16_eps(trainer: pl.Trainer) -> None:
     for optimizer in trainer.optimizers:
         for group in optimizer.param_groups:
             if group.get("eps", 1.0) < _FLOAT16_TINY:
-                raise ValueError(f"--trainer.precision 16-true with optimizer eps={group['eps']:g}: float16 rounds it "
-                                 "to 0 and the weights become NaN; use 16-mixed or bf16-mixed, or an eps >= 1e-4")
+                raise ValueError(
+                    f"--trainer.precision 16-true with optimizer eps={group['eps']:g}: float16 rounds it "
+                    "to 0 and the weights become NaN; use 16-mixed or bf16-mixed, or an eps >= 1e-4"
+                )

@@ -17,10 +17,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.strategies import Strategy
 
-from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, Preemption, RandomStates, TrainLoss
-from lightsum.callbacks.preemption import stop_at_once
-from lightsum.callbacks.predictions import check_target, prediction_target
 from lightsum.atomic import AtomicCheckpointIO
+from lightsum.callbacks import EvaluationFigures, HparamsSession, PredictionCSV, Preemption, RandomStates, TrainLoss
+from lightsum.callbacks.predictions import check_target, prediction_target
+from lightsum.callbacks.preemption import stop_at_once
 from lightsum.checkpoints import newest_loadable, nothing_left_to_train, read_checkpoint
 from lightsum.classifier import SumClassifier
 from lightsum.config_policy import ALLOW_ENV, ALLOWED_IMPORTS, config_policy
@@ -70,8 +70,10 @@ class SumParser(OneLineParserErrors, LightningArgumentParser):
         denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
         if denied and getattr(self, "exit_on_error", True) and not debugging():
             key = re.match(r'Parser key "([^"]+)"', message)
-            fail(f"{key[1] + ': ' if key else ''}configs may not name {denied[1]}: lightsum's configs import only "
-                 f"{', '.join(ALLOWED_IMPORTS)} ({ALLOW_ENV}=a.module,b.module allows more; see docs/configs.md)")
+            fail(
+                f"{key[1] + ': ' if key else ''}configs may not name {denied[1]}: lightsum's configs import only "
+                f"{', '.join(ALLOWED_IMPORTS)} ({ALLOW_ENV}=a.module,b.module allows more; see docs/configs.md)"
+            )
         super().error(message, ex)
 
 
@@ -97,12 +99,22 @@ class SumCLI(LightningCLI):
         # reads an int as a number of batches and a float as a fraction, and its Optional[Union[int,
         # float]] reaches the parser as Union[float, int] (typing caches a union under the order it was
         # first written in), so `--trainer.limit_train_batches 1` became 1.0: every batch.
-        parser.add_class_arguments(self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True,
-                                   skip=set(_BATCH_LIMITS))
+        parser.add_class_arguments(
+            self.trainer_class,
+            "trainer",
+            fail_untyped=False,
+            instantiate=False,
+            sub_configs=True,
+            skip=set(_BATCH_LIMITS),
+        )
         for name in _BATCH_LIMITS:
-            parser.add_argument(f"--trainer.{name}", type=int | float | None, default=None,
-                                help=f"{name.split('_')[1]} batches per epoch (an int) or the fraction of them to use "
-                                     "(a float; 1.0, the default, is all)")
+            parser.add_argument(
+                f"--trainer.{name}",
+                type=int | float | None,
+                default=None,
+                help=f"{name.split('_')[1]} batches per epoch (an int) or the fraction of them to use "
+                "(a float; 1.0, the default, is all)",
+            )
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -112,11 +124,13 @@ class SumCLI(LightningCLI):
         # Best checkpoint by the headline metric; a separate every-epoch last.ckpt for resuming
         # (a monitored ModelCheckpoint only refreshes last.ckpt when the monitor improves).
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
-        parser.set_defaults({
-            "best_checkpoint.monitor": "val/min_recall",
-            "best_checkpoint.mode": "max",
-            "best_checkpoint.filename": "best-{epoch:03d}",
-        })
+        parser.set_defaults(
+            {
+                "best_checkpoint.monitor": "val/min_recall",
+                "best_checkpoint.mode": "max",
+                "best_checkpoint.filename": "best-{epoch:03d}",
+            }
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
         # Confusion matrix and PR curves in TensorBoard (--figures.every_n_epochs 0: off).
@@ -138,8 +152,10 @@ class SumCLI(LightningCLI):
             if chosen:
                 note(chosen)
         if config.get("weights_only") is False:
-            raise ValueError("--weights_only false: lightsum reads every checkpoint weights-only, so that nothing "
-                             "in a checkpoint runs; a checkpoint that needs more is refused")
+            raise ValueError(
+                "--weights_only false: lightsum reads every checkpoint weights-only, so that nothing "
+                "in a checkpoint runs; a checkpoint that needs more is refused"
+            )
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             check_fits(read_checkpoint(ckpt_path)["hyper_parameters"], config.data, f" with {ckpt_path}")
@@ -147,10 +163,15 @@ class SumCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
         self.refuse_unused_options(config)
-        if (self.subcommand == "fit" and config.best_checkpoint.monitor == "val/boundary_accuracy"
-                and not config.data.boundary_per_sum):
-            raise ValueError("best_checkpoint.monitor is val/boundary_accuracy, which data.boundary_per_sum=0 turns off: "
-                             "use --best_checkpoint.monitor val/min_recall")
+        if (
+            self.subcommand == "fit"
+            and config.best_checkpoint.monitor == "val/boundary_accuracy"
+            and not config.data.boundary_per_sum
+        ):
+            raise ValueError(
+                "best_checkpoint.monitor is val/boundary_accuracy, which data.boundary_per_sum=0 turns off: "
+                "use --best_checkpoint.monitor val/min_recall"
+            )
         if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
             # The default config's progress-bar callback would contradict enable_progress_bar=false.
             config.trainer.callbacks = [
@@ -167,12 +188,18 @@ class SumCLI(LightningCLI):
         check_run_folder(config, self.subcommand)
         target = prediction_target(config.predictions.get("path"), config.data.get("predict_path"))
         if self.subcommand == "predict" and target is not None:
-            check_target(target, {
-                "the input file": config.data.get("predict_path"),
-                "the checkpoint": config.get("ckpt_path"),
-                "the config file": [*(self.config.get("config") or []), *(config.get("config") or []),
-                                    config.get("__default_config__")],
-            })
+            check_target(
+                target,
+                {
+                    "the input file": config.data.get("predict_path"),
+                    "the checkpoint": config.get("ckpt_path"),
+                    "the config file": [
+                        *(self.config.get("config") or []),
+                        *(config.get("config") or []),
+                        config.get("__default_config__"),
+                    ],
+                },
+            )
 
     def settle_checkpoint(self, config: Any) -> None:
         """Resolve ``--ckpt_path`` (``last``, ``hpc``, a requeued SLURM job's) to the newest checkpoint
@@ -195,11 +222,16 @@ class SumCLI(LightningCLI):
             # where Lightning's strict weight loading would stop with a traceback.
             hparams = checkpoint["hyper_parameters"]
             check_fits(hparams, config.data, f" with {path}")
-            differ = [f"model.{k}={v!r} (the command says {config.model[k]!r})" for k, v in hparams.items()
-                      if not k.startswith("_") and k in config.model and config.model[k] != v]
+            differ = [
+                f"model.{k}={v!r} (the command says {config.model[k]!r})"
+                for k, v in hparams.items()
+                if not k.startswith("_") and k in config.model and config.model[k] != v
+            ]
             if differ:
-                raise ValueError(f"{path} was trained with {', '.join(differ)}: a resumed run keeps its model; "
-                                 "drop those options, or start a new run without --ckpt_path")
+                raise ValueError(
+                    f"{path} was trained with {', '.join(differ)}: a resumed run keeps its model; "
+                    "drop those options, or start a new run without --ckpt_path"
+                )
 
     def refuse_unused_options(self, config: Any) -> None:
         """Options only ``predict`` reads, given to another subcommand: refused when typed on the command
@@ -207,8 +239,10 @@ class SumCLI(LightningCLI):
         ``predict`` shares with the other subcommands."""
         if self.subcommand == "predict":
             return
-        for key, value in (("data.predict_path", config.data.get("predict_path")),
-                           ("predictions.path", config.predictions.get("path"))):
+        for key, value in (
+            ("data.predict_path", config.data.get("predict_path")),
+            ("predictions.path", config.predictions.get("path")),
+        ):
             if value is None:
                 continue
             said = f"--{key} is read by predict only, and {self.subcommand} ignores it"
@@ -219,18 +253,23 @@ class SumCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         strategy = self.trainer.strategy
         if type(strategy).load_checkpoint is not Strategy.load_checkpoint:  # FSDP, DeepSpeed: their own unpicklers
-            raise ValueError(f"trainer.strategy: {type(strategy).__name__} reads checkpoints its own way, past lightsum's "
-                             "weights-only reader: use ddp (lightsum's models fit on one device)")
+            raise ValueError(
+                f"trainer.strategy: {type(strategy).__name__} reads checkpoints its own way, past lightsum's "
+                "weights-only reader: use ddp (lightsum's models fit on one device)"
+            )
         if not isinstance(strategy.checkpoint_io, AtomicCheckpointIO):
             if type(strategy.checkpoint_io) is not TorchCheckpointIO:  # a plugin that reads checkpoints its own way
-                raise ValueError(f"trainer.plugins: {type(strategy.checkpoint_io).__name__} would read checkpoints "
-                                 "without lightsum's checks: use lightsum.atomic.AtomicCheckpointIO or a subclass")
+                raise ValueError(
+                    f"trainer.plugins: {type(strategy.checkpoint_io).__name__} would read checkpoints "
+                    "without lightsum's checks: use lightsum.atomic.AtomicCheckpointIO or a subclass"
+                )
             strategy.checkpoint_io = AtomicCheckpointIO()  # every restore, weights-only and checked whole
         if self.subcommand == "predict":
             self.datamodule.load_predict_file()  # a bad file is refused before anything runs
         # Lightning calls every hook of every callback at every step: keep only those in use.
         self.trainer.callbacks = [
-            c for c in self.trainer.callbacks
+            c
+            for c in self.trainer.callbacks
             if not (isinstance(c, PredictionCSV) and self.subcommand != "predict")
             and not (isinstance(c, EvaluationFigures) and not c.every_n_epochs)
         ]
@@ -240,7 +279,9 @@ class SumCLI(LightningCLI):
         if self.trainer.is_global_zero and log_dir and self.trainer.checkpoint_callback is not None:
             from lightsum.report import fit_summary  # reads the run's event files
 
-            print(fit_summary(Path(log_dir), self.trainer.checkpoint_callback, config_args(self.command_line)), flush=True)
+            print(
+                fit_summary(Path(log_dir), self.trainer.checkpoint_callback, config_args(self.command_line)), flush=True
+            )
 
 
 def config_args(argv: Sequence[str]) -> list[str]:
@@ -274,9 +315,13 @@ def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[S
         args=args,
         run=run,
         only=only,
-        trainer_defaults={"callbacks": [EventWriteErrors(), HparamsSession(), RandomStates(), TrainLoss(), Preemption()]},
+        trainer_defaults={
+            "callbacks": [EventWriteErrors(), HparamsSession(), RandomStates(), TrainLoss(), Preemption()]
+        },
         parser_class=SumParser,
-        parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION, "prog": "lightsum"} if run else default,
+        parser_kwargs={**{cmd: default for cmd in only}, "description": _DESCRIPTION, "prog": "lightsum"}
+        if run
+        else default,
         # config.yaml records how a run was trained: fit writes it (again, into the same folder, for
         # a requeued or resumed run); evaluations leave it alone.
         save_config_callback=SaveConfigCallback if "fit" in only else None,
@@ -291,11 +336,16 @@ def quiet_notices() -> Iterator[None]:
     def keep(record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_NOISE_LOGS)
 
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")]
+    loggers = [
+        logging.getLogger(name)
+        for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+    ]
     # Lightning's advice to launch with srun helps inside a SLURM allocation (an sbatch script or
     # salloc shell running python without srun, where several processes would hang), not on every
     # machine or login node that merely has SLURM installed, where lightsum runs locally as asked.
-    srun_hint = () if "SLURM_JOB_ID" in os.environ else (r"The `srun` command is available on your system but is not used",)
+    srun_hint = (
+        () if "SLURM_JOB_ID" in os.environ else (r"The `srun` command is available on your system but is not used",)
+    )
     with warnings.catch_warnings():
         for message in (*_NOISE_WARNINGS, *srun_hint):
             warnings.filterwarnings("ignore", message=message)

@@ -74,8 +74,10 @@ def bounded(load: Callable[..., Any]) -> Callable[..., Any]:
             except yaml.YAMLError:
                 root = None  # the loader itself reports the syntax error
             if root is not None and expanded_size(root, {}) > MAX_YAML_NODES:
-                raise ValueError(f"a config expands to more than {MAX_YAML_NODES} YAML nodes through its aliases "
-                                 "(&name / *name): refused")
+                raise ValueError(
+                    f"a config expands to more than {MAX_YAML_NODES} YAML nodes through its aliases "
+                    "(&name / *name): refused"
+                )
         return load(stream, *args, **kwargs)
 
     return load_bounded

@@ -145,6 +145,9 @@ NON_NEGATIVE_INT: Rule = (lambda v: isinstance(v, int) and is_number(v) and v >=
 
 def diverged(what: str, precision: object) -> ValueError:
     """The error for a non-finite loss or output, with the most likely remedy."""
-    hint = ("float16 overflows easily: try --trainer.precision bf16-mixed" if str(precision).startswith("16")
-            else "try a lower --optimizer.init_args.lr")
+    hint = (
+        "float16 overflows easily: try --trainer.precision bf16-mixed"
+        if str(precision).startswith("16")
+        else "try a lower --optimizer.init_args.lr"
+    )
     return ValueError(f"training diverged: {what} is not finite (NaN or inf); {hint}")

@@ -127,7 +127,9 @@ class EventWriteErrors(pl.Callback):
             return  # other ranks hold no writer
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                file_writer = getattr(logger.experiment, "file_writer", None)  # torch's SummaryWriter, or tensorboardX's
+                file_writer = getattr(
+                    logger.experiment, "file_writer", None
+                )  # torch's SummaryWriter, or tensorboardX's
                 if file_writer is not None and not isinstance(file_writer.event_writer, NamedEventWriter):
                     file_writer.event_writer = NamedEventWriter(file_writer.event_writer)
 
@@ -164,7 +166,11 @@ class NamedEventWriter:
         try:
             method(*args)
         except OSError as err:
-            where = os.fsdecode(err.filename) if err.filename else f"the TensorBoard event file in {self.writer.get_logdir()}"
+            where = (
+                os.fsdecode(err.filename)
+                if err.filename
+                else f"the TensorBoard event file in {self.writer.get_logdir()}"
+            )
             self.failure = CannotWrite(where, err)
             _wait_for_failed_writer_threads(err)
             raise self.failure from None

@@ -34,9 +34,16 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
     shown = Path.cwd() if existing == Path(".") else existing
     inside = "" if existing == path else f" in {shown}"  # the part of path that blocks it
     if not existing.is_dir():
-        kind = ("a file, not a folder" if existing.is_file() else "a broken link" if not existing.exists()
-                else "not a folder")
-        raise ValueError(f"{what}: {path} is {kind}" if existing == path else f"{what}: cannot write {path}: {shown} is {kind}")
+        kind = (
+            "a file, not a folder"
+            if existing.is_file()
+            else "a broken link"
+            if not existing.exists()
+            else "not a folder"
+        )
+        raise ValueError(
+            f"{what}: {path} is {kind}" if existing == path else f"{what}: cannot write {path}: {shown} is {kind}"
+        )
     if os.access(existing, os.W_OK | os.X_OK):
         return
     if read_only(existing):

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-                       alpha: float | None = None) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None
+) -> torch.Tensor:
     """Mean sigmoid focal loss of ``logits`` against 0/1 ``target`` (of the logits' dtype)."""
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if gamma:
@@ -34,5 +35,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float 
 def logit_adjustment(positive_share: float, tau: float) -> float:
     """``tau * log(pi_1 / pi_0)``: what logit adjustment adds to the logit in the training loss."""
     if not 0.0 < positive_share < 1.0:
-        raise ValueError(f"logit adjustment needs both classes in the training batches, got a share of label 1 of {positive_share}")
+        raise ValueError(
+            f"logit adjustment needs both classes in the training batches, got a share of label 1 of {positive_share}"
+        )
     return tau * math.log(positive_share / (1 - positive_share))

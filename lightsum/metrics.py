@@ -35,7 +35,9 @@ def confusion_metrics(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def class_metrics(probs: torch.Tensor, target: torch.Tensor, threshold: float | torch.Tensor) -> dict[str, torch.Tensor]:
+def class_metrics(
+    probs: torch.Tensor, target: torch.Tensor, threshold: float | torch.Tensor
+) -> dict[str, torch.Tensor]:
     """All headline metrics of one evaluation: ``confusion_metrics`` at ``threshold`` (predict 1
     when ``probs >= threshold``), and the threshold-free auroc and average precision of each class
     (``average_precision_0`` ranks the minority by ``1 - p``: class 1's AP is ~1 at 98.8% prevalence
@@ -75,7 +77,7 @@ class EvaluationScores(Metric):
             self.weights.append(weights.float())
 
     def compute(self) -> tuple[torch.Tensor, ...]:
-        return tuple(dim_zero_cat(getattr(self, name)) for name in ("logits", "target", "weights")[:2 + self.weighted])
+        return tuple(dim_zero_cat(getattr(self, name)) for name in ("logits", "target", "weights")[: 2 + self.weighted])
 
     def gathered(self) -> tuple[torch.Tensor, ...]:
         """``compute()`` as 1-D tensors, also for a single score (torchmetrics squeezes those to 0-D)."""

@@ -21,7 +21,16 @@ from lightsum.folders import check_writable
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
 # The miss counts tell 0.997 from 0.9995; class 1's AP is ~1 at 98.8% prevalence, so the minority's.
 # boundary_accuracy: the fixed exact-sampled set of sums threshold-5 .. threshold+4, where errors live.
-TABLE_METRICS = ("recall_0", "recall_1", "min_recall", "missed_0", "missed_1", "boundary_accuracy", "average_precision_0", "auroc")
+TABLE_METRICS = (
+    "recall_0",
+    "recall_1",
+    "min_recall",
+    "missed_0",
+    "missed_1",
+    "boundary_accuracy",
+    "average_precision_0",
+    "auroc",
+)
 COUNTS = ("missed_0", "missed_1", "sequences")
 
 
@@ -54,10 +63,16 @@ class Run:
         sign = -1 if self.mode == "min" else 1
         i = max(range(len(scores)), key=lambda k: (sign * scores[k][1], -k))
         step = scores[i][0]
-        row = {tag[4:]: dict(points)[step] for tag, points in self.series.items()
-               if tag.startswith("val/") and step in dict(points)}
-        return {**row, "epoch": self.by_epoch(self.monitor if self.monitor in self.series else "val/min_recall")[i][0],
-                "epochs": len(scores)}
+        row = {
+            tag[4:]: dict(points)[step]
+            for tag, points in self.series.items()
+            if tag.startswith("val/") and step in dict(points)
+        }
+        return {
+            **row,
+            "epoch": self.by_epoch(self.monitor if self.monitor in self.series else "val/min_recall")[i][0],
+            "epochs": len(scores),
+        }
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -114,8 +129,16 @@ def read_run(path: Path) -> Run:
     scalars = read_scalars(path)
     config = read_config(path / "config.yaml")
     best = config.get("best_checkpoint") or {}
-    return Run(path, f"{path.parent.name}/{path.name}", strategy_of(config), scalars.series, scalars.seconds,
-               str(best.get("monitor") or "val/min_recall"), str(best.get("mode") or "max"), config)
+    return Run(
+        path,
+        f"{path.parent.name}/{path.name}",
+        strategy_of(config),
+        scalars.series,
+        scalars.seconds,
+        str(best.get("monitor") or "val/min_recall"),
+        str(best.get("mode") or "max"),
+        config,
+    )
 
 
 def read_config(path: Path) -> dict:
@@ -185,7 +208,9 @@ def table(runs: list[Run]) -> str:
     for run in runs:
         best = run.best
         cells = [run.name, run.strategy]
-        cells += ["-" if m not in best else f"{best[m]:.0f}" if m in COUNTS else fraction(best[m]) for m in TABLE_METRICS]
+        cells += [
+            "-" if m not in best else f"{best[m]:.0f}" if m in COUNTS else fraction(best[m]) for m in TABLE_METRICS
+        ]
         cells += [str(best.get("epoch", "-")), str(best["epochs"]), f"{run.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -194,7 +219,7 @@ def table(runs: list[Run]) -> str:
 # --- the figure --------------------------------------------------------------------------------
 
 # Half a float32 step below 1: the error of a recall as the event files store it.
-RECALL_ROUNDING = 2.0 ** -25
+RECALL_ROUNDING = 2.0**-25
 
 
 def class_sizes(run: Run) -> tuple[int, int] | None:
@@ -212,7 +237,7 @@ def class_sizes(run: Run) -> tuple[int, int] | None:
             share = 1 - recalls.get(step, 1.0)
             if missed <= 0 or share <= 0 or step not in totals:
                 continue
-            uncertainty = missed * RECALL_ROUNDING / share ** 2
+            uncertainty = missed * RECALL_ROUNDING / share**2
             if found is None or uncertainty < found[0]:
                 found = (uncertainty, cls, round(missed / share), round(totals[step]))
     if found is None or found[0] >= 0.5:
@@ -251,7 +276,9 @@ def ratio_words(ratio: Any) -> str:
 
 def boundary_sums(data: dict) -> str:
     """The sums the boundary rows are drawn from (``85-114`` by default), as the data module clips them."""
-    threshold, window, seq_len = (data.get(k, d) for k, d in (("threshold", 100), ("boundary_window", 15), ("seq_len", 30)))
+    threshold, window, seq_len = (
+        data.get(k, d) for k, d in (("threshold", 100), ("boundary_window", 15), ("seq_len", 30))
+    )
     if not all(is_number(v) for v in (threshold, window, seq_len)):
         return f"within {window} of {threshold}"
     return f"{max(threshold - window, 0)}-{min(threshold + window - 1, 9 * seq_len)}"
@@ -262,15 +289,20 @@ def training_data_words(data: dict) -> str:
     training data with sums near 100 (85-114)``, ``minority oversampled to 1:1``."""
     distribution = data.get("train_distribution", "natural")
     if distribution == "boundary":
-        what = (f"{share_words(data.get('boundary_share', 0.5))} the training data with sums near "
-                f"{data.get('threshold', 100)} ({boundary_sums(data)})")
+        what = (
+            f"{share_words(data.get('boundary_share', 0.5))} the training data with sums near "
+            f"{data.get('threshold', 100)} ({boundary_sums(data)})"
+        )
     elif distribution == "balanced":
         what = f"training data drawn class-balanced ({ratio_words(data.get('sampling_ratio', 1.0))} minority:majority)"
     else:
         what = "natural training data"
     sampling, ratio = data.get("sampling", "none"), ratio_words(data.get("sampling_ratio", 1.0))
-    resampled = {"oversample": f"minority oversampled to {ratio}", "undersample": f"majority undersampled to {ratio}",
-                 "weighted": f"weighted sampling to {ratio}"}.get(sampling)
+    resampled = {
+        "oversample": f"minority oversampled to {ratio}",
+        "undersample": f"majority undersampled to {ratio}",
+        "weighted": f"weighted sampling to {ratio}",
+    }.get(sampling)
     return what if resampled is None else f"{what}, {resampled}"
 
 
@@ -319,7 +351,7 @@ def log_ticks(low: float, high: float) -> list[float]:
     or every digit where the range is narrower than that gives three ticks."""
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     for digits in ((1, 2, 5), range(1, 10)):
-        ticks = [d * 10.0 ** e for e in decades for d in digits if low <= d * 10.0 ** e <= high]
+        ticks = [d * 10.0**e for e in decades for d in digits if low <= d * 10.0**e <= high]
         if len(ticks) >= 3:
             return ticks
     return ticks
@@ -346,8 +378,11 @@ def count_axis(ax: Any, counts: list[float], size: int | None) -> None:
         ax.set_yscale("symlog", linthresh=1, linscale=0.5)
         ticks = [0] + log_ticks(1, top * 2)
         ax.yaxis.set_major_locator(FixedLocator(ticks))
-        ax.yaxis.set_minor_locator(FixedLocator([d * 10.0 ** e for e in range(len(str(int(top))) + 1)
-                                                 for d in range(2, 10) if d * 10.0 ** e < top * 2]))
+        ax.yaxis.set_minor_locator(
+            FixedLocator(
+                [d * 10.0**e for e in range(len(str(int(top))) + 1) for d in range(2, 10) if d * 10.0**e < top * 2]
+            )
+        )
         ax.set_ylim(-0.1, top * 2)  # below 0: an epoch without a miss shows above the axis; above: the legend
     else:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=3))
@@ -362,8 +397,10 @@ def loss_panel(ax: Any, run: Run) -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     values = []
-    for tag, style, color, label in (("train/loss_epoch", "--", "tab:orange", "training"),
-                                     ("val/loss", "-", "tab:purple", "validation")):
+    for tag, style, color, label in (
+        ("train/loss_epoch", "--", "tab:orange", "training"),
+        ("val/loss", "-", "tab:purple", "validation"),
+    ):
         points = run.by_epoch(tag)
         if points:
             ax.plot(*zip(*points), style, color=color, label=label, marker="." if len(points) < 30 else None)
@@ -389,7 +426,9 @@ def misses_panel(ax: Any, run: Run, cls: int, name: str, size: int | None) -> li
         ax.plot(*zip(*points), "-", color=color, label="missed", marker="." if len(points) < 30 else None)
         count_axis(ax, [v for _, v in points], size)
         ax.set_ylabel("sequences missed" if size is None else f"sequences missed, of {size:,}")
-        ax.set_title(f"{name}: validation sequences" if size is None else f"{name}: {size:,} validation sequences", fontsize=10)
+        ax.set_title(
+            f"{name}: validation sequences" if size is None else f"{name}: {size:,} validation sequences", fontsize=10
+        )
     else:
         points = [(e, 1 - v) for e, v in run.by_epoch(f"val/recall_{cls}")]
         if not points:
@@ -453,6 +492,7 @@ def plot(run: Run, out: Path) -> None:
 
 # --- the end-of-fit summary ----------------------------------------------------------------------
 
+
 def further_training(last: Path, config: dict) -> str:
     """What to run to train on from last.ckpt. Where the run stopped early (pre-empted, Ctrl-C),
     the same command with ``--ckpt_path last`` continues it; where it reached its max_epochs or
@@ -463,7 +503,9 @@ def further_training(last: Path, config: dict) -> str:
     except ValueError:  # unreadable: fit's own resume check will say why
         return "continue training: the same command with --ckpt_path last"
     limits = {"max_steps": (None, trainer.get("max_steps", -1)), "max_epochs": (trainer.get("max_epochs"), -1)}
-    reached = next((name for name, (epochs, steps) in limits.items() if nothing_left_to_train(checkpoint, epochs, steps)), None)
+    reached = next(
+        (name for name, (epochs, steps) in limits.items() if nothing_left_to_train(checkpoint, epochs, steps)), None
+    )
     if reached is None:
         return "continue training: the same command with --ckpt_path last"
     # Not T_max: the scheduler resumes with its saved state, T_max included (docs/resume.md).
@@ -482,19 +524,29 @@ def fit_summary(run_dir: Path, best: Any, configs: list[str]) -> str:
     run = read_run(run_dir)
     values = run.best
     last = run_dir / "checkpoints" / "last.ckpt"
-    lines = [f"lightsum: fit finished: {run_dir} ({values['epochs']} validated epochs, {run.seconds:.0f} s of training)"]
+    lines = [
+        f"lightsum: fit finished: {run_dir} ({values['epochs']} validated epochs, {run.seconds:.0f} s of training)"
+    ]
     if best.best_model_path:
-        lines += [f"  best checkpoint  {best.best_model_path}  (epoch {values.get('epoch')}, by {best.monitor})",
-                  "    val " + "  ".join(f"{m} {fraction(values[m], 5)}" for m in ("recall_0", "recall_1", "min_recall", "boundary_accuracy")
-                                        if m in values)
-                  + (f"  {misses(values, class_sizes(run))}" if "missed_0" in values else "")
-                  + (f"  decision threshold {values['decision_threshold']:.4g}" if "decision_threshold" in values else "")]
+        lines += [
+            f"  best checkpoint  {best.best_model_path}  (epoch {values.get('epoch')}, by {best.monitor})",
+            "    val "
+            + "  ".join(
+                f"{m} {fraction(values[m], 5)}"
+                for m in ("recall_0", "recall_1", "min_recall", "boundary_accuracy")
+                if m in values
+            )
+            + (f"  {misses(values, class_sizes(run))}" if "missed_0" in values else "")
+            + (f"  decision threshold {values['decision_threshold']:.4g}" if "decision_threshold" in values else ""),
+        ]
     if last.is_file():
         lines.append(f"  last checkpoint  {last}  ({further_training(last, run.config)})")
-    lines += ["next:",
-              "  " + " ".join(["python -m lightsum test", *configs, "--ckpt_path", best.best_model_path or str(last)]),
-              f"  python -m lightsum report {run_dir}",
-              f"  tensorboard --logdir {run_dir.parent.parent}"]
+    lines += [
+        "next:",
+        "  " + " ".join(["python -m lightsum test", *configs, "--ckpt_path", best.best_model_path or str(last)]),
+        f"  python -m lightsum report {run_dir}",
+        f"  tensorboard --logdir {run_dir.parent.parent}",
+    ]
     return "\n".join(lines)
 
 
@@ -527,8 +579,10 @@ def read_runs(paths: list[Path]) -> list[Run]:
         if "val/min_recall" in run.series:
             runs.append(run)
         else:
-            note(f"note: report skips {path}: no val/min_recall in its event files "
-                 "(a test or predict run, or a fit stopped before its first validation)")
+            note(
+                f"note: report skips {path}: no val/min_recall in its event files "
+                "(a test or predict run, or a fit stopped before its first validation)"
+            )
     return runs
 
 
@@ -543,12 +597,15 @@ def check_outputs(out: Path, names: list[str]) -> None:
     for name in names:
         target = out / name
         if target.is_symlink():
-            raise ValueError(f"report: {target} is a link to {os.readlink(target)}; report replaces only regular files: "
-                             "remove it or choose another --out")
+            raise ValueError(
+                f"report: {target} is a link to {os.readlink(target)}; report replaces only regular files: "
+                "remove it or choose another --out"
+            )
         kind = file_kind(target)
         if kind not in ("file", "missing"):
-            raise ValueError(f"report: {target} is {kind}; report replaces only regular files: "
-                             "remove it or choose another --out")
+            raise ValueError(
+                f"report: {target} is {kind}; report replaces only regular files: remove it or choose another --out"
+            )
 
 
 class ReportParser(OneLineParserErrors, argparse.ArgumentParser):
@@ -567,19 +624,28 @@ def report_main(argv: list[str]) -> None:
         prog="lightsum report",
         description="Figures and a comparison table of lightsum runs, read from their TensorBoard event files.",
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run folders (lightning_logs/<name>/version_<n>) or folders holding them")
-    parser.add_argument("--out", default="lightning_logs/report",
-                        help="output folder for report.md and one PNG per run, named after the run "
-                             "(default/version_0 -> default_version_0.png) (default: %(default)s)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (lightning_logs/<name>/version_<n>) or folders holding them",
+    )
+    parser.add_argument(
+        "--out",
+        default="lightning_logs/report",
+        help="output folder for report.md and one PNG per run, named after the run "
+        "(default/version_0 -> default_version_0.png) (default: %(default)s)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write only the table (no matplotlib needed)")
     args = parser.parse_args(argv)
     if not args.no_plots:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError("report draws figures with matplotlib, which is not installed: "
-                             "pip install 'lightsum[report]' (or pass --no-plots for the table only)") from None
+            raise ValueError(
+                "report draws figures with matplotlib, which is not installed: "
+                "pip install 'lightsum[report]' (or pass --no-plots for the table only)"
+            ) from None
     out = Path(args.out)
     check_writable(out, "report: --out")
     runs = read_runs(find_runs(args.runs))
@@ -596,9 +662,11 @@ def report_main(argv: list[str]) -> None:
     for run, file in zip(runs, figures):
         plot(run, out / file)
     text = table(runs)
-    footnote = ("Validation metrics at the epoch of each run's best checkpoint (by its best_checkpoint.monitor, "
-                "val/min_recall where config.yaml does not say); "
-            "seconds: wall time from each event file's creation to its last scalar.")
+    footnote = (
+        "Validation metrics at the epoch of each run's best checkpoint (by its best_checkpoint.monitor, "
+        "val/min_recall where config.yaml does not say); "
+        "seconds: wall time from each event file's creation to its last scalar."
+    )
     with AtomicFile(out / "report.md", "w") as md:
         md.write(f"{text}\n\n{footnote}\n")
     print(text)

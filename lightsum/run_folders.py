@@ -70,11 +70,15 @@ def checkpoint_to_evaluate(config: Any, command: str) -> tuple[str, str | None]:
     pattern = "best-*.ckpt" if kind == "best" else "last.ckpt"
     runs = [run for run in root.glob("*") if any(run.glob(f"checkpoints/{pattern}"))]
     if not runs:
-        raise ValueError(f"{command} scores a trained model, and there is no {pattern} under {root}/*/checkpoints: "
-                         f"run `lightsum fit` with the same --config first, or pass --ckpt_path PATH")
+        raise ValueError(
+            f"{command} scores a trained model, and there is no {pattern} under {root}/*/checkpoints: "
+            f"run `lightsum fit` with the same --config first, or pass --ckpt_path PATH"
+        )
     newest = max(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("checkpoints/*.ckpt")))
     path = max(newest.glob(f"checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
-    return str(path), f"{command} uses {path}, the {kind} checkpoint of the newest run in {root} (--ckpt_path to choose another)"
+    return str(
+        path
+    ), f"{command} uses {path}, the {kind} checkpoint of the newest run in {root} (--ckpt_path to choose another)"
 
 
 def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:

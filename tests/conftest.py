@@ -34,8 +34,9 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def lightsum_process(*args: str, cwd: Path = REPO, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """``python -m lightsum ARGS`` in a real process, its output captured as text."""
-    return subprocess.run([sys.executable, "-m", "lightsum", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "lightsum", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, **kwargs
+    )
 
 
 def log_attempt(run_dir: Path, epochs: dict[int, tuple[float, float]], name: str) -> None:
@@ -48,8 +49,12 @@ def log_attempt(run_dir: Path, epochs: dict[int, tuple[float, float]], name: str
         step = 10 * epoch + 9
         for s in range(10 * epoch, step + 1):
             writer.add_scalar("train/loss", 1 / (s + 1), s)
-        for tag, value in (("val/recall_0", recall_0), ("val/recall_1", recall_1),
-                           ("val/min_recall", min(recall_0, recall_1)), ("epoch", epoch)):
+        for tag, value in (
+            ("val/recall_0", recall_0),
+            ("val/recall_1", recall_1),
+            ("val/min_recall", min(recall_0, recall_1)),
+            ("epoch", epoch),
+        ):
             writer.add_scalar(tag, value, step)
     writer.close()
     (new,) = set(run_dir.glob("events.out.tfevents.*")) - before

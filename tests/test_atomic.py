@@ -61,8 +61,10 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path)
 def test_killed_writers_partials_are_removed_live_and_foreign_ones_kept(tmp_path: Path) -> None:
     host, dead = socket.gethostname(), dead_pid()
     orphans = [tmp_path / f".last.ckpt.partial-{host}-{dead}", tmp_path / f".best-epoch=003.ckpt.partial-{host}-{dead}"]
-    kept = [tmp_path / f".last.ckpt.partial-{host}-{os.getppid()}",  # a live writer's
-            tmp_path / f".last.ckpt.partial-other-host-{dead}"]  # another host's: its pid says nothing here
+    kept = [
+        tmp_path / f".last.ckpt.partial-{host}-{os.getppid()}",  # a live writer's
+        tmp_path / f".last.ckpt.partial-other-host-{dead}",
+    ]  # another host's: its pid says nothing here
     for partial in (*orphans, *kept):
         partial.write_bytes(b"x")
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")  # a checkpoint folder: any name
@@ -95,11 +97,11 @@ import resource, signal, torch
 from lightsum.atomic import AtomicCheckpointIO
 from lightsum.errors import CannotWrite
 io = AtomicCheckpointIO()
-io.save_checkpoint({{"step": 1}}, {str(tmp_path / 'last.ckpt')!r})
+io.save_checkpoint({{"step": 1}}, {str(tmp_path / "last.ckpt")!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 try:
-    io.save_checkpoint({{"step": 2, "w": torch.zeros(1_000_000)}}, {str(tmp_path / 'last.ckpt')!r})
+    io.save_checkpoint({{"step": 2, "w": torch.zeros(1_000_000)}}, {str(tmp_path / "last.ckpt")!r})
 except CannotWrite as err:
     print(err)
 """

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FITTED_EPOCHS, tiny
+
 from lightsum.checkpoints import read_checkpoint
 from lightsum.cli import main
 
@@ -48,19 +48,26 @@ def test_damaged_and_foreign_files_are_refused_naming_the_problem(good: Path, tm
     with pytest.raises(ValueError, match="corrupt"):
         read_checkpoint(str(cut))
     torch.save({"state_dict": {}, "payload": Evil()}, evil := tmp_path / "evil.ckpt")
-    with pytest.raises(ValueError, match=rf"checkpoint {evil} holds a pickled print, which only running its "
-                                         r"code could rebuild: refused"):
+    with pytest.raises(
+        ValueError,
+        match=rf"checkpoint {evil} holds a pickled print, which only running its "
+        r"code could rebuild: refused",
+    ):
         read_checkpoint(str(evil))
     assert "this ran" not in capsys.readouterr().out  # nothing of it executed
     torch.save(collections.OrderedDict(weight=torch.zeros(3)), bare := tmp_path / "bare.ckpt")  # a plain state_dict
-    with pytest.raises(ValueError, match=f"{bare} is not a lightsum checkpoint: it has no state_dict, hyper_parameters, "
-                                         "epoch, global_step"):
+    with pytest.raises(
+        ValueError,
+        match=f"{bare} is not a lightsum checkpoint: it has no state_dict, hyper_parameters, epoch, global_step",
+    ):
         read_checkpoint(str(bare))
 
 
 def test_weights_that_do_not_fit_their_hyperparameters_are_refused(good: Path, tmp_path: Path) -> None:
     wider = edited(good, tmp_path, lambda c: c["hyper_parameters"].update(hidden_size=16))
-    with pytest.raises(ValueError, match=r"net.lstm.weight_ih_l0 has shape \(32, 1\), but its hyperparameters make \(64, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"net.lstm.weight_ih_l0 has shape \(32, 1\), but its hyperparameters make \(64, 1\)"
+    ):
         read_checkpoint(str(wider))
     missing = edited(good, tmp_path, lambda c: c["state_dict"].pop("net.head.bias"))
     with pytest.raises(ValueError, match="no weights for net.head.bias"):
@@ -83,6 +90,7 @@ def test_the_cli_refuses_a_hostile_checkpoint_in_one_line(command: str, tmp_path
 
 
 # --- every checkpoint lightsum loads goes through the reader, whatever the environment says ------------
+
 
 class Marker:
     """A pickled payload that, if it were ever unpickled, would run a shell command creating a file."""
@@ -117,7 +125,8 @@ def run_fit(args: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("damage", ["pickled", "empty", "truncated"])
 def test_resume_from_last_skips_a_damaged_last_ckpt_for_the_newest_that_loads(
-        damage: str, fitted, tmp_path: Path, monkeypatch, capsys) -> None:
+    damage: str, fitted, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # what users set to load old checkpoints
     run = copied_run(fitted, root := tmp_path / "logs")
     last, marker = run / "checkpoints" / "last.ckpt", tmp_path / "marker"
@@ -135,7 +144,8 @@ def test_resume_from_last_skips_a_damaged_last_ckpt_for_the_newest_that_loads(
 
 
 def test_resume_with_no_loadable_checkpoint_stops_in_one_line_and_changes_nothing(
-        fitted, tmp_path: Path, monkeypatch, capsys) -> None:
+    fitted, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     run = copied_run(fitted, root := tmp_path / "logs")
     marker = tmp_path / "marker"
@@ -151,8 +161,16 @@ def test_resume_with_no_loadable_checkpoint_stops_in_one_line_and_changes_nothin
 
 
 def test_a_requeued_slurm_job_skips_a_damaged_hpc_checkpoint(fitted, tmp_path: Path, monkeypatch, capsys) -> None:
-    for key, value in {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "lightsum", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}.items():
+    for key, value in {
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_NAME": "lightsum",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.chdir(tmp_path)
@@ -178,24 +196,42 @@ def test_lightnings_own_restore_reads_weights_only(good: Path, tmp_path: Path, m
 
 def test_weights_only_false_is_refused(tmp_path: Path, capsys) -> None:
     code, err = run_fit([*tiny(tmp_path), "--weights_only=false"], capsys)
-    assert code == 2 and err.strip().startswith("lightsum: error: --weights_only false: lightsum reads every checkpoint")
+    assert code == 2 and err.strip().startswith(
+        "lightsum: error: --weights_only false: lightsum reads every checkpoint"
+    )
 
 
 def test_a_foreign_checkpoint_plugin_is_refused(tmp_path: Path, capsys) -> None:
     plugin = '[{"class_path": "pytorch_lightning.plugins.AsyncCheckpointIO"}]'
     code, err = run_fit([*tiny(tmp_path), f"--trainer.plugins={plugin}"], capsys)
-    assert code == 2 and err.strip().startswith("lightsum: error: trainer.plugins: AsyncCheckpointIO would read checkpoints")
+    assert code == 2 and err.strip().startswith(
+        "lightsum: error: trainer.plugins: AsyncCheckpointIO would read checkpoints"
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["hyper_parameters"].update(hidden_size=10**6), r"make a model of 16000.1 GB, and this machine has"),
-    (lambda c: c.update(hyper_parameters=[["hidden_size", 8]]), "hyper_parameters must be a mapping of names, got list"),
-    (lambda c: c["state_dict"].update({"net.head.bias": [0.0]}), "net.head.bias is a list, not a tensor"),
-    (lambda c: c.update(state_dict=3), "state_dict must be a mapping of tensors, got int"),
-    (lambda c: c["hyper_parameters"].update(hidden_size=10**10), "its hyperparameters do not build a SumClassifier"),
-    (lambda c: c["hyper_parameters"].update(num_layers=10**8), "ask for 100000000 LSTM layers"),
-])
-def test_hyperparameters_and_weights_of_the_wrong_kind_or_size_are_refused(change, message, good: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["hyper_parameters"].update(hidden_size=10**6),
+            r"make a model of 16000.1 GB, and this machine has",
+        ),
+        (
+            lambda c: c.update(hyper_parameters=[["hidden_size", 8]]),
+            "hyper_parameters must be a mapping of names, got list",
+        ),
+        (lambda c: c["state_dict"].update({"net.head.bias": [0.0]}), "net.head.bias is a list, not a tensor"),
+        (lambda c: c.update(state_dict=3), "state_dict must be a mapping of tensors, got int"),
+        (
+            lambda c: c["hyper_parameters"].update(hidden_size=10**10),
+            "its hyperparameters do not build a SumClassifier",
+        ),
+        (lambda c: c["hyper_parameters"].update(num_layers=10**8), "ask for 100000000 LSTM layers"),
+    ],
+)
+def test_hyperparameters_and_weights_of_the_wrong_kind_or_size_are_refused(
+    change, message, good: Path, tmp_path: Path
+) -> None:
     with pytest.raises(ValueError, match=message):
         read_checkpoint(edited(good, tmp_path, change))
 
@@ -208,7 +244,8 @@ def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(fitted, tmp
     assert err.strip().splitlines()[-1] == (
         f"lightsum: error: nothing left to train in {run / 'checkpoints' / 'last.ckpt'}: it trained {FITTED_EPOCHS} epochs "
         f"and --trainer.max_epochs is {FITTED_EPOCHS}: raise it to train further (the learning-rate schedule resumes "
-        "as saved, and a cosine schedule climbs again past its T_max: for a longer schedule, start a new fit with both larger)")
+        "as saved, and a cosine schedule climbs again past its T_max: for a longer schedule, start a new fit with both larger)"
+    )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
@@ -220,7 +257,9 @@ def test_ckpt_path_hpc_takes_the_newest_hpc_checkpoint_that_loads(fitted, tmp_pa
     hostile(good, evil := root / "hpc_ckpt_2.ckpt", marker := tmp_path / "marker")
     args = [*tiny(tmp_path / "logs", epochs=FITTED_EPOCHS + 1), f"--trainer.default_root_dir={root}", "--ckpt_path=hpc"]
     code, err = run_fit(args, capsys)
-    assert code == 2 and err.strip().splitlines()[-1].startswith(f"lightsum: error: no checkpoint in {root} loads (checkpoint {evil} holds")
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        f"lightsum: error: no checkpoint in {root} loads (checkpoint {evil} holds"
+    )
     shutil.copy(good, older := root / "hpc_ckpt_1.ckpt")
     os.utime(older, (1, 1))
     code, err = run_fit(args, capsys)
@@ -239,8 +278,12 @@ def test_lightsum_debug_shows_the_traceback_instead_of_the_line(tmp_path: Path, 
 
 def test_resume_without_a_logger_takes_the_checkpoint_folder_of_the_root(fitted, tmp_path: Path, capsys) -> None:
     shutil.copytree(Path(fitted.trainer.log_dir) / "checkpoints", tmp_path / "checkpoints")
-    args = [*tiny(tmp_path / "logs", epochs=FITTED_EPOCHS + 1), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
-            "--best_checkpoint.monitor=val/min_recall"]
+    args = [
+        *tiny(tmp_path / "logs", epochs=FITTED_EPOCHS + 1),
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--best_checkpoint.monitor=val/min_recall",
+    ]
     code, err = run_fit([*args, "--ckpt_path=last"], capsys)
     assert code == 0, err
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == FITTED_EPOCHS
@@ -252,7 +295,8 @@ def test_a_resumed_run_keeps_its_model(fitted, tmp_path: Path, capsys) -> None:
     assert code == 2
     assert err.strip().splitlines()[-1] == (
         f"lightsum: error: {run / 'checkpoints' / 'last.ckpt'} was trained with model.hidden_size=8 (the command says 16): "
-        "a resumed run keeps its model; drop those options, or start a new run without --ckpt_path")
+        "a resumed run keeps its model; drop those options, or start a new run without --ckpt_path"
+    )
 
 
 def test_a_strategy_with_its_own_checkpoint_reader_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -261,10 +305,15 @@ def test_a_strategy_with_its_own_checkpoint_reader_is_refused(tmp_path: Path, mo
         "from pytorch_lightning.strategies import SingleDeviceStrategy\n\n"
         "class OwnReader(SingleDeviceStrategy):\n"
         "    def load_checkpoint(self, checkpoint_path, weights_only=None):\n"
-        "        raise AssertionError('never called')\n")
+        "        raise AssertionError('never called')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("LIGHTSUM_ALLOW_IMPORTS", "own_reader")
     strategy = '{"class_path": "own_reader.OwnReader", "init_args": {"device": "cpu"}}'
     code, err = run_fit([*tiny(tmp_path / "logs"), f"--trainer.strategy={strategy}"], capsys)
     assert code == 2
-    assert err.strip().splitlines()[-1].startswith("lightsum: error: trainer.strategy: OwnReader reads checkpoints its own way")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("lightsum: error: trainer.strategy: OwnReader reads checkpoints its own way")
+    )

@@ -55,14 +55,17 @@ def test_layouts_shape_the_input() -> None:
     assert seq(digits).shape == flat(digits).shape == (4,)
 
 
-@pytest.mark.parametrize(("kwargs", "named"), [
-    ({"hidden_size": 0}, "model.hidden_size must be a positive integer, got 0"),
-    ({"num_layers": 1.5}, "model.num_layers must be a positive integer, got 1.5"),
-    ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
-    ({"pos_weight": -1.0}, "model.pos_weight must be positive, 'balanced' or null, got -1.0"),
-    ({"pos_weight": "heavy"}, "model.pos_weight must be positive, 'balanced' or null, got 'heavy'"),
-    ({"decision_threshold": 1.5}, r"model.decision_threshold must be in \(0, 1\) or 'tuned', got 1.5"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"hidden_size": 0}, "model.hidden_size must be a positive integer, got 0"),
+        ({"num_layers": 1.5}, "model.num_layers must be a positive integer, got 1.5"),
+        ({"dropout": 1.0}, r"model.dropout must be in \[0, 1\), got 1.0"),
+        ({"pos_weight": -1.0}, "model.pos_weight must be positive, 'balanced' or null, got -1.0"),
+        ({"pos_weight": "heavy"}, "model.pos_weight must be positive, 'balanced' or null, got 'heavy'"),
+        ({"decision_threshold": 1.5}, r"model.decision_threshold must be in \(0, 1\) or 'tuned', got 1.5"),
+    ],
+)
 def test_bad_arguments_name_the_argument_and_the_value(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         SumClassifier(**kwargs)
@@ -76,6 +79,7 @@ def test_model_refuses_data_of_another_length() -> None:
 
 def test_train_recall_equals_the_recall_of_every_step(tmp_path) -> None:
     """train/recall_* count each training step's predictions exactly once."""
+
     class Recorded(SumClassifier):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.0)
@@ -91,8 +95,9 @@ def test_train_recall_equals_the_recall_of_every_step(tmp_path) -> None:
 
     torch.manual_seed(0)
     model = Recorded(hidden_size=8, dropout=0.0, decision_threshold=0.5)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, limit_val_batches=0
+    )
     trainer.fit(model, datamodule=SumDataModule(num_samples=5000, batch_size=64, sampling="oversample"))
     preds, targets = torch.cat(model.preds), torch.cat(model.targets)
     assert len(model.preds) == 124  # the oversampled epoch
@@ -111,8 +116,15 @@ class AdamClassifier(SumClassifier):
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "64-true"])
 def test_precision_choices_train_and_evaluate_in_float32_metrics(precision, activation) -> None:
     model = AdamClassifier(hidden_size=8, recurrent_activation=activation)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         precision=precision, limit_train_batches=5, callbacks=[TrainLoss()])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        precision=precision,
+        limit_train_batches=5,
+        callbacks=[TrainLoss()],
+    )
     trainer.fit(model, datamodule=SumDataModule(num_samples=2000, batch_size=64))
     assert model.eval_outputs["val"][0].dtype == torch.float32
     for name in ("val/loss", "val/auroc", "val/min_recall", "train/loss_epoch"):
@@ -124,8 +136,9 @@ def test_16_true_with_a_tiny_adam_eps_is_refused() -> None:
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), eps=1e-8)
 
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         precision="16-true")
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, precision="16-true"
+    )
     with pytest.raises(ValueError, match="16-true with optimizer eps=1e-08"):
         trainer.fit(KerasAdam(hidden_size=8), datamodule=SumDataModule(num_samples=2000, batch_size=64))
 
@@ -135,8 +148,14 @@ def test_a_diverged_model_stops_with_a_clear_error() -> None:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=float("inf"))
 
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         num_sanity_val_steps=0, limit_train_batches=3)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=3,
+    )
     with pytest.raises(ValueError, match="training diverged: the model's val output is not finite"):
         trainer.fit(Diverging(hidden_size=8), datamodule=SumDataModule(num_samples=2000, batch_size=64))
 
@@ -147,7 +166,9 @@ def test_pos_weight_weights_the_positive_class_in_the_loss() -> None:
     target = (digits.sum(1) >= 135).long()  # both classes
     model = SumClassifier(hidden_size=8, pos_weight=3.0).eval()
     logits = model(digits)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=torch.tensor(3.0))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target.float(), pos_weight=torch.tensor(3.0)
+    )
     unweighted = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float())
     loss = model.loss(logits, target)
     assert torch.equal(loss, expected) and not torch.equal(loss, unweighted)
@@ -159,8 +180,14 @@ def test_no_pos_weight_trains_exactly_as_a_weight_of_one() -> None:
     for pos_weight in (None, 1.0):
         pl.seed_everything(0)
         model = AdamClassifier(hidden_size=8, pos_weight=pos_weight)
-        trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                             limit_train_batches=10, num_sanity_val_steps=0)
+        trainer = pl.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            limit_train_batches=10,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(model, datamodule=SumDataModule(num_samples=2000, batch_size=64))
         weights.append([p.detach().clone() for p in model.parameters()])
         val_loss = float(trainer.callback_metrics["val/loss"])
@@ -175,9 +202,17 @@ def test_threshold_is_tuned_on_the_weighted_calibration_sets_and_boundary_accura
 
     pl.seed_everything(0)
     model = AdamClassifier(hidden_size=8, decision_threshold="tuned")
-    data = SumDataModule(num_samples=3000, batch_size=64, calibration_per_sum=40, boundary_per_sum=30, sampling="oversample")
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         limit_train_batches=20, num_sanity_val_steps=0)
+    data = SumDataModule(
+        num_samples=3000, batch_size=64, calibration_per_sum=40, boundary_per_sum=30, sampling="oversample"
+    )
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_train_batches=20,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=data)
     from lightsum.data.datamodule import NATURAL
 
@@ -185,28 +220,51 @@ def test_threshold_is_tuned_on_the_weighted_calibration_sets_and_boundary_accura
     probs = {name: model.predict_proba(s.digits) for name, s in sets.items()}
     joined = data.validation_set
     tuning = ("val", "calibration")
-    expected = tune_threshold(torch.cat([probs[n] for n in tuning]), torch.cat([sets[n].labels for n in tuning]),
-                              torch.cat([joined.weights[joined.parts.cpu() == NATURAL].cpu(), data.calibration_set.weights]))
+    expected = tune_threshold(
+        torch.cat([probs[n] for n in tuning]),
+        torch.cat([sets[n].labels for n in tuning]),
+        torch.cat([joined.weights[joined.parts.cpu() == NATURAL].cpu(), data.calibration_set.weights]),
+    )
     assert float(model.decision_threshold) == pytest.approx(expected, abs=1e-6)
     assert float(model.decision_threshold) != pytest.approx(tune_threshold(probs["val"], data.val_set.labels), abs=1e-6)
-    boundary = ((probs["boundary"] >= model.decision_threshold).long() == data.boundary_set.labels.long()).float().mean()
+    boundary = (
+        ((probs["boundary"] >= model.decision_threshold).long() == data.boundary_set.labels.long()).float().mean()
+    )
     assert float(trainer.callback_metrics["val/boundary_accuracy"]) == pytest.approx(float(boundary), abs=1e-6)
     assert float(trainer.callback_metrics["val/sequences"]) == len(data.val_set)  # natural metrics stay natural
 
 
-@pytest.mark.parametrize(("loss", "sampling", "distribution"), [
-    ("focal", "none", "natural"), ("focal", "oversample", "boundary"),
-    ("logit_adjusted", "none", "boundary"), ("logit_adjusted", "undersample", "natural"),
-])
+@pytest.mark.parametrize(
+    ("loss", "sampling", "distribution"),
+    [
+        ("focal", "none", "natural"),
+        ("focal", "oversample", "boundary"),
+        ("logit_adjusted", "none", "boundary"),
+        ("logit_adjusted", "undersample", "natural"),
+    ],
+)
 def test_each_loss_trains_and_validates(loss: str, sampling: str, distribution: str) -> None:
     # The losses meet the sampling only through the prior of logit adjustment, checked for every
     # strategy in tests/test_losses.py; DDP in tests/test_ddp.py.
     pl.seed_everything(0)
     model = AdamClassifier(hidden_size=8, loss=loss, decision_threshold="tuned")
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         limit_train_batches=8, num_sanity_val_steps=0, callbacks=[TrainLoss()])
-    data = SumDataModule(num_samples=3000, batch_size=64, sampling=sampling, train_distribution=distribution,
-                         calibration_per_sum=20, boundary_per_sum=20)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_train_batches=8,
+        num_sanity_val_steps=0,
+        callbacks=[TrainLoss()],
+    )
+    data = SumDataModule(
+        num_samples=3000,
+        batch_size=64,
+        sampling=sampling,
+        train_distribution=distribution,
+        calibration_per_sum=20,
+        boundary_per_sum=20,
+    )
     trainer.fit(model, datamodule=data)
     for name in ("train/loss_epoch", "val/loss", "val/min_recall", "val/boundary_accuracy"):
         assert torch.isfinite(trainer.callback_metrics[name]), name

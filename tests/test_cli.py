@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
+from conftest import CONFIGS, REPO, lightsum_process, scalars, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONFIGS, REPO, lightsum_process, scalars, tiny
 from lightsum import SumClassifier
 from lightsum.cli import DEFAULT_CONFIG, main
 
@@ -31,6 +30,7 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
+
     # Every key a config sets must survive into the resolved config (no silently ignored key).
     def leaves(tree: dict | list, prefix: str = "") -> dict:
         out = {}
@@ -41,6 +41,7 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
             else:
                 out[f"{prefix}{key}"] = value
         return out
+
     resolved = leaves(printed)
     for key, value in leaves(yaml.safe_load(config.read_text())).items():
         assert resolved[key] == value, key
@@ -70,8 +71,8 @@ def test_every_config_fits_and_logs(config: Path, run_root: Path) -> None:
 
 
 def test_hparams_tab_lists_val_metrics(run_root: Path) -> None:
-    from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     cli = main(["fit", *tiny(run_root, epochs=1)])
     acc = EventAccumulator(cli.trainer.log_dir)
@@ -79,8 +80,13 @@ def test_hparams_tab_lists_val_metrics(run_root: Path) -> None:
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     # Five metrics (the columns TensorBoard shows unasked), every model and data argument.
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/min_recall", "val/boundary_accuracy", "val/recall_0",
-                                                            "val/missed_0", "val/missed_1"]
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "val/min_recall",
+        "val/boundary_accuracy",
+        "val/recall_0",
+        "val/missed_0",
+        "val/missed_1",
+    ]
     names = {h.name for h in experiment.hparam_infos}
     assert {f"model.{k}" for k in cli.model.hparams if not k.startswith("_")} <= names
     assert {f"data.{k}" for k in cli.datamodule.hparams if not k.startswith("_")} <= names
@@ -100,12 +106,15 @@ def test_resume_from_last_continues_the_same_run(run_root: Path) -> None:
 
 
 def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
-        run_root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightsum.callbacks.figures import ConfusionMatrixPicture
 
     titles = []
     draw = ConfusionMatrixPicture.__call__
-    monkeypatch.setattr(ConfusionMatrixPicture, "__call__", lambda self, m, title: titles.append(title) or draw(self, m, title))
+    monkeypatch.setattr(
+        ConfusionMatrixPicture, "__call__", lambda self, m, title: titles.append(title) or draw(self, m, title)
+    )
     cli = main(["fit", *tiny(run_root)])
     best = cli.trainer.checkpoint_callback.best_model_path
     run_dir = Path(cli.trainer.log_dir)
@@ -134,8 +143,18 @@ def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
     assert [i.step for i in acc.Images("test/confusion_matrix")] == [step]
     assert not (run_dir / "config.yaml").read_text().count("ckpt_path: " + best)  # fit's config kept
     metrics = test_cli.trainer.callback_metrics
-    for name in ("test/recall_0", "test/recall_1", "test/min_recall", "test/accuracy", "test/auroc", "test/missed_0",
-                 "test/missed_1", "test/average_precision_0", "test/average_precision_1", "test/balanced_accuracy"):
+    for name in (
+        "test/recall_0",
+        "test/recall_1",
+        "test/min_recall",
+        "test/accuracy",
+        "test/auroc",
+        "test/missed_0",
+        "test/missed_1",
+        "test/average_precision_0",
+        "test/average_precision_1",
+        "test/balanced_accuracy",
+    ):
         assert name in metrics
         assert scalars(run_dir)[name] == [(step, pytest.approx(float(metrics[name])))]  # beside its epoch's val point
     # The miss counts are the recalls' complements, in sequences.
@@ -155,13 +174,16 @@ def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
 
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])
-def test_evaluations_refuse_without_a_trained_model(command: str, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluations_refuse_without_a_trained_model(
+    command: str, run_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([command, *tiny(run_root)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"lightsum: error: {command} scores a trained model, and there is no best-*.ckpt under "
-        f"{run_root / 'default'}/*/checkpoints: run `lightsum fit` with the same --config first, or pass --ckpt_path PATH")
+        f"{run_root / 'default'}/*/checkpoints: run `lightsum fit` with the same --config first, or pass --ckpt_path PATH"
+    )
     assert not run_root.exists()
 
 
@@ -185,7 +207,8 @@ def test_notices_users_cannot_act_on_are_silenced(run_root: Path, caplog: pytest
         caught.clear()
         caplog.clear()
         pl.Trainer(logger=False, enable_progress_bar=False, max_epochs=1, enable_checkpointing=False).fit(
-            cli_free_model(), datamodule=cli_free_data())
+            cli_free_model(), datamodule=cli_free_data()
+        )
         without, logged_without = [str(w.message) for w in caught], [r.getMessage() for r in caplog.records]
     assert any("GPU available" in m for m in logged_through_cli)  # Lightning's information stays
     assert any(m.startswith("💡") for m in logged_without) and not any(m.startswith("💡") for m in logged_through_cli)
@@ -223,7 +246,9 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(("args", "named"), BAD_VALUES, ids=lambda v: str(v))
-def test_bad_values_give_one_clear_error(args: list[str], named: str, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_values_give_one_clear_error(
+    args: list[str], named: str, run_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:  # any other exception would be a traceback
         main(["fit", *tiny(run_root), *args])
     assert exit_info.value.code == 2
@@ -244,7 +269,10 @@ def test_corrupt_checkpoint_is_refused(run_root: Path, tmp_path: Path, capsys: p
     with pytest.raises(SystemExit) as exit_info:
         main(["test", *tiny(run_root), f"--ckpt_path={bad}"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: checkpoint is corrupt or not a torch checkpoint: {bad}"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"lightsum: error: checkpoint is corrupt or not a torch checkpoint: {bad}"
+    )
 
 
 def test_malformed_config_file(tmp_path: Path, run_root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -254,10 +282,13 @@ def test_malformed_config_file(tmp_path: Path, run_root: Path, capsys: pytest.Ca
         main(["fit", "--config", str(bad), *tiny(run_root)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lightsum: error: Problems parsing config: while parsing a flow sequence")
+    assert len(err) == 1 and err[0].startswith(
+        "lightsum: error: Problems parsing config: while parsing a flow sequence"
+    )
 
 
 # --- configs are code: only allowed imports, bounded YAML aliases ---------------------------------------
+
 
 def refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
     """The one error line of ``lightsum fit ARGS``, which must exit 2."""
@@ -269,22 +300,29 @@ def refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
     return line
 
 
-@pytest.mark.parametrize("config", [
-    "trainer:\n  callbacks:\n    - class_path: os.system\n      init_args:\n        command: touch {marker}\n",
-    "lr_scheduler:\n  class_path: torch.optim.lr_scheduler.LambdaLR\n  init_args:\n    lr_lambda: os.system\n",
-    "trainer:\n  callbacks:\n    - class_path: subprocess.Popen\n      init_args:\n        args: [touch, {marker}]\n",
-])
-def test_configs_may_not_import_what_the_allow_list_does_not_name(config: str, tmp_path: Path, run_root: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [
+        "trainer:\n  callbacks:\n    - class_path: os.system\n      init_args:\n        command: touch {marker}\n",
+        "lr_scheduler:\n  class_path: torch.optim.lr_scheduler.LambdaLR\n  init_args:\n    lr_lambda: os.system\n",
+        "trainer:\n  callbacks:\n    - class_path: subprocess.Popen\n      init_args:\n        args: [touch, {marker}]\n",
+    ],
+)
+def test_configs_may_not_import_what_the_allow_list_does_not_name(
+    config: str, tmp_path: Path, run_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     (path := tmp_path / "evil.yaml").write_text(config.format(marker=tmp_path / "marker"))
     line = refused(["--config", str(path), *tiny(run_root)], capsys)
-    assert re.search(r"configs may not name (os\.system|subprocess\.Popen): lightsum's configs import only torch.optim, ", line)
+    assert re.search(
+        r"configs may not name (os\.system|subprocess\.Popen): lightsum's configs import only torch.optim, ", line
+    )
     assert "LIGHTSUM_ALLOW_IMPORTS" in line
     assert not (tmp_path / "marker").exists() and not run_root.exists()
 
 
-def test_the_allow_list_widens_through_the_environment_only(tmp_path: Path, run_root: Path, monkeypatch,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_the_allow_list_widens_through_the_environment_only(
+    tmp_path: Path, run_root: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "my_callbacks.py").write_text("import pytorch_lightning as pl\n\nclass Mine(pl.Callback):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     args = [*tiny(run_root), '--trainer.callbacks=[{"class_path": "my_callbacks.Mine"}]', "--print_config"]
@@ -295,26 +333,33 @@ def test_the_allow_list_widens_through_the_environment_only(tmp_path: Path, run_
     assert exit_info.value.code == 0 and "class_path: my_callbacks.Mine" in capsys.readouterr().out
 
 
-def test_a_billion_laughs_config_is_refused_without_expanding_it(tmp_path: Path, run_root: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_a_billion_laughs_config_is_refused_without_expanding_it(
+    tmp_path: Path, run_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9^9 strings once expanded
     (path := tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\n")
     assert len(path.read_bytes()) < 1500
     line = refused(["--config", str(path), *tiny(run_root)], capsys)
-    assert line == "lightsum: error: a config expands to more than 100000 YAML nodes through its aliases (&name / *name): refused"
+    assert (
+        line
+        == "lightsum: error: a config expands to more than 100000 YAML nodes through its aliases (&name / *name): refused"
+    )
 
 
 @pytest.mark.parametrize(("value", "batches"), [("1", 1), ("1.0", 3)])
-def test_an_integer_batch_limit_is_a_number_of_batches_and_a_float_a_fraction(value: str, batches: int, run_root: Path) -> None:
+def test_an_integer_batch_limit_is_a_number_of_batches_and_a_float_a_fraction(
+    value: str, batches: int, run_root: Path
+) -> None:
     # tiny(): 480 training sequences, 3 batches of 200
     cli = main(["fit", *tiny(run_root, epochs=1), f"--trainer.limit_train_batches={value}", "--data.batch_size=200"])
     assert cli.trainer.num_training_batches == batches and cli.trainer.global_step == batches
 
 
 @pytest.mark.parametrize("in_allocation", [False, True])
-def test_the_srun_notice_shows_inside_a_slurm_allocation_only(in_allocation: bool, tmp_path: Path, monkeypatch,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_the_srun_notice_shows_inside_a_slurm_allocation_only(
+    in_allocation: bool, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
     (srun := tmp_path / "srun").write_text("#!/bin/sh\n")  # SLURM installed: an srun on PATH
     srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
@@ -324,22 +369,35 @@ def test_the_srun_notice_shows_inside_a_slurm_allocation_only(in_allocation: boo
         monkeypatch.setenv("SLURM_JOB_ID", "12")  # an sbatch script that runs python without srun
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        main(["fit", *tiny(tmp_path / "logs", epochs=1), "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+        main(
+            [
+                "fit",
+                *tiny(tmp_path / "logs", epochs=1),
+                "--trainer.limit_train_batches=1",
+                "--trainer.limit_val_batches=1",
+            ]
+        )
     shown = [w for w in caught if "The `srun` command is available" in str(w.message)]
     assert bool(shown) == in_allocation
 
 
 @pytest.mark.parametrize("option", ["--data.predict_path=docs/examples/sequences.csv", "--predictions.path=out.csv"])
-def test_an_option_only_predict_reads_is_refused_elsewhere(option: str, run_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_option_only_predict_reads_is_refused_elsewhere(
+    option: str, run_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *tiny(run_root), option])
     assert exit_info.value.code == 2 and not run_root.exists()
     key, value = option[2:].split("=")
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"lightsum: error: --{key} is read by predict only, and fit ignores it: drop it, or run `lightsum predict --{key} {value}`")
+        f"lightsum: error: --{key} is read by predict only, and fit ignores it: drop it, or run `lightsum predict --{key} {value}`"
+    )
 
 
 def test_from_a_shared_config_file_it_is_a_note(tmp_path: Path, run_root: Path, capsys: pytest.CaptureFixture) -> None:
     (shared := tmp_path / "shared.yaml").write_text("data:\n  predict_path: docs/examples/sequences.csv\n")
     main(["fit", "--config", str(shared), *tiny(run_root, epochs=1), "--trainer.limit_train_batches=1"])
-    assert "lightsum: --data.predict_path is read by predict only, and fit ignores it (it comes from a config file)" in capsys.readouterr().err
+    assert (
+        "lightsum: --data.predict_path is read by predict only, and fit ignores it (it comes from a config file)"
+        in capsys.readouterr().err
+    )

@@ -12,14 +12,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 PACKAGE = REPO / "lightsum"
 # Lightning's public modules lightsum may import from (its documented API).
 PUBLIC_LIGHTNING = {
-    "pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.cli", "pytorch_lightning.loggers",
-    "pytorch_lightning.plugins", "pytorch_lightning.plugins.environments", "pytorch_lightning.strategies",
+    "pytorch_lightning",
+    "pytorch_lightning.callbacks",
+    "pytorch_lightning.cli",
+    "pytorch_lightning.loggers",
+    "pytorch_lightning.plugins",
+    "pytorch_lightning.plugins.environments",
+    "pytorch_lightning.strategies",
     "pytorch_lightning.utilities",
     "pytorch_lightning.utilities.exceptions",
 }
@@ -36,33 +40,50 @@ def private_api_uses(source: str) -> list[str]:
     ``getattr(x, "_attr")`` and the like."""
     tree = ast.parse(source)
     own = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    own |= {t.attr for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
-            for t in ([t] if not isinstance(t, ast.Tuple) else t.elts)
-            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    own |= {
+        t.attr
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        for t in ([t] if not isinstance(t, ast.Tuple) else t.elts)
+        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+    }
     found = []
     for node in ast.walk(tree):
         where = f"line {getattr(node, 'lineno', '?')}"
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric")
+        ):
             if node.module not in PUBLIC_LIGHTNING:
                 found.append(f"{where}: from {node.module} import ...")
             found += [f"{where}: imports {a.name}" for a in node.names if private(a.name)]
         elif isinstance(node, ast.Import):
-            found += [f"{where}: import {a.name}" for a in node.names
-                      if a.name.split(".")[0] in ("lightning", "lightning_fabric") or
-                      (a.name.startswith("pytorch_lightning.") and a.name not in PUBLIC_LIGHTNING)]
+            found += [
+                f"{where}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in ("lightning", "lightning_fabric")
+                or (a.name.startswith("pytorch_lightning.") and a.name not in PUBLIC_LIGHTNING)
+            ]
         elif isinstance(node, ast.Attribute) and private(node.attr):
             owner = node.value.id if isinstance(node.value, ast.Name) else None
             if owner not in ("self", "cls") or node.attr not in own:
                 found.append(f"{where}: {ast.unparse(node)}")
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr")
-              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and private(str(node.args[1].value))):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr")
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and private(str(node.args[1].value))
+        ):
             found.append(f"{where}: {ast.unparse(node)}")
     return found
 
 
 def test_the_checker_finds_each_kind_of_private_use() -> None:
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
         from lightning_fabric.utilities.exceptions import MisconfigurationException
         from pytorch_lightning.callbacks import _hidden
@@ -76,7 +97,7 @@ def test_the_checker_finds_each_kind_of_private_use() -> None:
                 self._current_fx_name
                 getattr(trainer, "_accelerator_connector")
                 return self.__class__
-    ''')
+    """)
     found = private_api_uses(source)
     assert [f.split(": ", 1)[1] for f in found] == [
         "from pytorch_lightning.overrides.distributed import ...",
@@ -128,10 +149,14 @@ def test_importing_lightsum_changes_no_warning_filter_or_logger() -> None:
     for module in pkgutil.walk_packages([str(PACKAGE)], "lightsum."):
         if not module.name.endswith("__main__"):
             importlib.import_module(module.name)
-    libraries = [m for m in list(sys.modules) if m.split(".")[0] not in ("lightsum", "__main__") and "test" not in m
-                 and m != "conftest"]
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(libraries)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    libraries = [
+        m
+        for m in list(sys.modules)
+        if m.split(".")[0] not in ("lightsum", "__main__") and "test" not in m and m != "conftest"
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(libraries)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(result["lightsum"]) >= 15  # every module was imported

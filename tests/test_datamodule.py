@@ -43,7 +43,7 @@ def test_test_set_is_an_independent_stream() -> None:
     fit = make("fit")
     # The test stream shares no draws with train (not a shifted copy of the same sequence).
     assert not torch.equal(dm.test_set.digits[:800], fit.train_set.digits)
-    assert not any(torch.equal(dm.test_set.digits[:10], fit.train_set.digits[i:i + 10]) for i in range(790))
+    assert not any(torch.equal(dm.test_set.digits[:10], fit.train_set.digits[i : i + 10]) for i in range(790))
 
 
 def test_negative_rate_over_a_million_samples_is_exact() -> None:
@@ -91,7 +91,9 @@ def test_boundary_rows_are_redrawn_each_epoch_with_their_sums_as_a_pure_function
     others[rows] = False
     assert torch.equal(e1[others], first[others])  # natural rows stay
     assert (e1[rows] != e0[rows]).any(1).float().mean() > 0.99  # new strings near the threshold ...
-    assert torch.equal(e1[rows].long().sum(1), dm.boundary_sums) and torch.equal(e0[rows].long().sum(1), dm.boundary_sums)
+    assert torch.equal(e1[rows].long().sum(1), dm.boundary_sums) and torch.equal(
+        e0[rows].long().sum(1), dm.boundary_sums
+    )
     assert torch.equal(dm.train_set.labels, labels)  # ... with the same sums, so the same labels
     other = make(num_samples=5000, train_distribution="boundary", sampling="oversample")
     assert torch.equal(epoch_digits(other, 1), e1) and torch.equal(epoch_digits(other, 0), e0)  # any order
@@ -110,12 +112,28 @@ def test_a_fit_trains_each_epoch_on_that_epochs_redraw() -> None:
     class FirstBatch(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == 0:
-                seen[trainer.current_epoch] = trainer.datamodule.train_set.digits[trainer.datamodule.boundary_rows].clone()
+                seen[trainer.current_epoch] = trainer.datamodule.train_set.digits[
+                    trainer.datamodule.boundary_rows
+                ].clone()
 
-    dm = SumDataModule(num_samples=3000, test_samples=500, batch_size=256, train_distribution="boundary",
-                       calibration_per_sum=5, boundary_per_sum=5)
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         limit_val_batches=0, callbacks=[FirstBatch()], enable_model_summary=False)
+    dm = SumDataModule(
+        num_samples=3000,
+        test_samples=500,
+        batch_size=256,
+        train_distribution="boundary",
+        calibration_per_sum=5,
+        boundary_per_sum=5,
+    )
+    trainer = pl.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[FirstBatch()],
+        enable_model_summary=False,
+    )
+
     class Model(SumClassifier):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -144,15 +162,22 @@ def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -
     assert torch.equal(val_weights[~inside], torch.full((int((~inside).sum()),), 1 / len(val)))
     assert float(val_weights.sum() + cal.weights.sum()) == pytest.approx(1.0, abs=0.02)
     n_boundary = len(dm.boundary_set)
-    for code, part, part_weights in ((NATURAL, val, val_weights), (CALIBRATION, cal, cal.weights),
-                                     (BOUNDARY, dm.boundary_set, torch.zeros(n_boundary))):
+    for code, part, part_weights in (
+        (NATURAL, val, val_weights),
+        (CALIBRATION, cal, cal.weights),
+        (BOUNDARY, dm.boundary_set, torch.zeros(n_boundary)),
+    ):
         mine = parts == code
         assert torch.equal(digits[mine], part.digits) and torch.equal(labels[mine], part.labels)  # in order
         assert torch.equal(weights[mine], part_weights)
         # Interleaved evenly: the first tenth of the joined set holds a tenth of each part (+-1).
-        assert abs(int(mine[:len(parts) // 10].sum()) - len(part) / 10) <= 1
+        assert abs(int(mine[: len(parts) // 10].sum()) - len(part) / 10) <= 1
     bare = make(num_samples=20_000, calibration_per_sum=0, boundary_per_sum=0)
-    assert bare.validation_set is bare.val_set and len(next(iter(bare.val_dataloader()))) == 2 and bare.val_set.weights is None
+    assert (
+        bare.validation_set is bare.val_set
+        and len(next(iter(bare.val_dataloader()))) == 2
+        and bare.val_set.weights is None
+    )
     only_boundary = make(num_samples=20_000, calibration_per_sum=0)
     joined = only_boundary.validation_set
     assert torch.equal(joined.weights[joined.parts == NATURAL], torch.full((4000,), 1 / 4000))
@@ -183,15 +208,22 @@ def test_evaluation_loaders_use_their_own_batch_size() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "named"),
-    [({"val_fraction": 0.0}, "val_fraction"), ({"val_fraction": 1.5}, r"data.val_fraction must be in \(0, 1\), got 1.5"),
-     ({"threshold": 271}, "threshold"), ({"threshold": 0}, r"data.threshold=0 makes one class impossible.*\[1, 270\]"),
-     ({"test_samples": -1}, "data.test_samples must be a positive integer, got -1"),
-     ({"sampling_ratio": 0}, r"data.sampling_ratio must be in \(0, 1\], got 0"), ({"batch_size": 0}, "batch_size"), ({"eval_batch_size": 0}, "eval_batch_size"),
-     ({"num_samples": 1, "val_fraction": 0.2}, "empty split"), ({"num_samples": 0}, "data.num_samples must be a positive integer, got 0"),
-     ({"sampling_ratio": 1.5}, r"data.sampling_ratio must be in \(0, 1\], got 1.5"),
-     ({"boundary_share": 1.5}, r"data.boundary_share must be in \[0, 1\], got 1.5"),
-     ({"boundary_window": 0}, "data.boundary_window must be a positive integer, got 0"),
-     ({"calibration_per_sum": -1}, "data.calibration_per_sum must be an integer >= 0, got -1")],
+    [
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"val_fraction": 1.5}, r"data.val_fraction must be in \(0, 1\), got 1.5"),
+        ({"threshold": 271}, "threshold"),
+        ({"threshold": 0}, r"data.threshold=0 makes one class impossible.*\[1, 270\]"),
+        ({"test_samples": -1}, "data.test_samples must be a positive integer, got -1"),
+        ({"sampling_ratio": 0}, r"data.sampling_ratio must be in \(0, 1\], got 0"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
+        ({"num_samples": 1, "val_fraction": 0.2}, "empty split"),
+        ({"num_samples": 0}, "data.num_samples must be a positive integer, got 0"),
+        ({"sampling_ratio": 1.5}, r"data.sampling_ratio must be in \(0, 1\], got 1.5"),
+        ({"boundary_share": 1.5}, r"data.boundary_share must be in \[0, 1\], got 1.5"),
+        ({"boundary_window": 0}, "data.boundary_window must be a positive integer, got 0"),
+        ({"calibration_per_sum": -1}, "data.calibration_per_sum must be an integer >= 0, got -1"),
+    ],
 )
 def test_bad_arguments(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -201,7 +233,9 @@ def test_bad_arguments(kwargs: dict, named: str) -> None:
 def test_labels_of_sums_in_chunks_exactly() -> None:
     from lightsum.data.datamodule import _LABEL_CHUNK
 
-    digits = torch.randint(0, 10, (2 * _LABEL_CHUNK + 5, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    digits = torch.randint(
+        0, 10, (2 * _LABEL_CHUNK + 5, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8
+    )
     expected = (digits.long().sum(dim=1) >= 135).to(torch.uint8)  # the mean: both classes, near 50/50
     assert torch.equal(labels_of(digits, 135), expected)
 
@@ -211,7 +245,9 @@ def test_each_rank_evaluates_its_own_sequences_and_together_every_one_once(n: in
     dataset = list(range(n))
     shares = [list(EachSequenceOnce(dataset, num_replicas=world, rank=r, shuffle=False)) for r in range(world)]
     assert sorted(i for share in shares for i in share) == dataset
-    assert [len(EachSequenceOnce(dataset, num_replicas=world, rank=r)) for r in range(world)] == [len(s) for s in shares]
+    assert [len(EachSequenceOnce(dataset, num_replicas=world, rank=r)) for r in range(world)] == [
+        len(s) for s in shares
+    ]
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
@@ -226,8 +262,11 @@ def test_predict_file_is_read_once_and_served(tmp_path) -> None:
 
 
 def test_sizes_the_machine_cannot_hold_are_refused_before_anything_is_allocated() -> None:
-    with pytest.raises(ValueError, match=r"^data: these sizes need about [0-9.]+ GB of memory to generate and serve .* "
-                                         r"this machine has [0-9.]+ GB available: use a smaller data.num_samples$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^data: these sizes need about [0-9.]+ GB of memory to generate and serve .* "
+        r"this machine has [0-9.]+ GB available: use a smaller data.num_samples$",
+    ):
         SumDataModule(num_samples=10**12)
     assert SumDataModule(num_samples=200_000).memory_needed() < 200e6  # the default: well under a GB
 

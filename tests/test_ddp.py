@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, lightsum_process, scalars, tiny
+
 from lightsum import SumDataModule
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,9 @@ def test_two_process_ddp_reports_the_single_process_metrics(run_root: Path, tmp_
     run_dir = run_root / "default" / "version_0"
     (best,) = run_dir.glob("checkpoints/best-*.ckpt")
     two = scored_test_metrics(["test", *ddp, *common, f"--ckpt_path={best}"], run_dir, tmp_path)
-    one = scored_test_metrics(["test", *common, f"--ckpt_path={best}"], run_dir, tmp_path)  # the packaged default: one process
+    one = scored_test_metrics(
+        ["test", *common, f"--ckpt_path={best}"], run_dir, tmp_path
+    )  # the packaged default: one process
     assert two["test/sequences"] == one["test/sequences"] == TEST_SAMPLES
     assert two.keys() == one.keys() and len(two) >= 9
     for tag in two:
@@ -56,8 +58,14 @@ def test_two_process_ddp_reports_the_single_process_metrics(run_root: Path, tmp_
 def test_each_loss_trains_under_ddp_and_validates_as_one_process(loss: str, run_root: Path, tmp_path: Path) -> None:
     """Both losses train on 2 processes; the natural, calibration and boundary sets are each
     split over the ranks and gathered: validation on 2 processes gives the single-process figures."""
-    common = [*tiny(run_root), "--trainer.accelerator=cpu", f"--model.loss={loss}", "--data.sampling=none",
-              "--data.calibration_per_sum=21", "--data.boundary_per_sum=21"]  # odd set sizes
+    common = [
+        *tiny(run_root),
+        "--trainer.accelerator=cpu",
+        f"--model.loss={loss}",
+        "--data.sampling=none",
+        "--data.calibration_per_sum=21",
+        "--data.boundary_per_sum=21",
+    ]  # odd set sizes
     ddp = ["--config", str(REPO / "configs" / "ddp.yaml")]
     run("fit", *ddp, *common)
     run_dir = run_root / "default" / "version_0"
@@ -78,13 +86,34 @@ def free_port() -> int:
 def test_torchrun_two_nodes_on_one_machine(run_root: Path) -> None:
     """Two torchrun agents, one process each, meet on 127.0.0.1 as nodes 0 and 1 of one job."""
     port = free_port()
-    fit = [*tiny(run_root), "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=1",
-           "--trainer.num_nodes=2", "--trainer.enable_model_summary=false"]
+    fit = [
+        *tiny(run_root),
+        "--trainer.accelerator=cpu",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=2",
+        "--trainer.enable_model_summary=false",
+    ]
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "lightsum", "fit", *fit],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={rank}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "lightsum",
+                "fit",
+                *fit,
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -101,13 +130,20 @@ def test_torchrun_two_nodes_on_one_machine(run_root: Path) -> None:
 
 def test_two_process_resume_at_an_epoch_boundary_is_exact(run_root: Path) -> None:
     """Every rank's random states are in the checkpoint and go back to their own rank."""
-    common = ["--config", str(REPO / "configs" / "ddp.yaml"), *tiny(run_root), "--trainer.accelerator=cpu",
-              "--figures.every_n_epochs=0"]
+    common = [
+        "--config",
+        str(REPO / "configs" / "ddp.yaml"),
+        *tiny(run_root),
+        "--trainer.accelerator=cpu",
+        "--figures.every_n_epochs=0",
+    ]
     run("fit", *common, "--trainer.max_epochs=4", "--trainer.logger.init_args.name=whole")
     run("fit", *common, "--trainer.max_epochs=2", "--trainer.logger.init_args.name=split")
     run("fit", *common, "--trainer.max_epochs=4", "--trainer.logger.init_args.name=split", "--ckpt_path=last")
-    whole, split = (torch.load(run_root / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-                    for name in ("whole", "split"))
+    whole, split = (
+        torch.load(run_root / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("whole", "split")
+    )
     assert len(split["callbacks"]["RandomStates"]["per_rank"]) == 2
     assert split["global_step"] == whole["global_step"]
     for key, value in whole["state_dict"].items():

@@ -20,19 +20,31 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
-PAGES = ["README.md", "docs/configs.md", "docs/predict-and-report.md", "docs/resume.md", "docs/clusters.md",
-         "docs/benchmarks.md"]
+PAGES = [
+    "README.md",
+    "docs/configs.md",
+    "docs/predict-and-report.md",
+    "docs/resume.md",
+    "docs/clusters.md",
+    "docs/benchmarks.md",
+]
 SKIPPED = {  # command prefix -> why it cannot run here
     "sbatch ": "needs SLURM",
     "torchrun --nnodes 2": "needs two nodes with 4 GPUs each",
     "python -m pytest": "the test suite itself (.ci/run runs both tiers)",
     "python benchmarks/": "benchmarks take minutes; their figures are measured, not tested",
 }
-TINY = ["--trainer.max_epochs=1", "--data.num_samples=4000", "--data.test_samples=1000", "--model.hidden_size=8",
-        "--data.calibration_per_sum=20", "--data.boundary_per_sum=20", "--trainer.enable_progress_bar=false"]
+TINY = [
+    "--trainer.max_epochs=1",
+    "--data.num_samples=4000",
+    "--data.test_samples=1000",
+    "--model.hidden_size=8",
+    "--data.calibration_per_sum=20",
+    "--data.boundary_per_sum=20",
+    "--trainer.enable_progress_bar=false",
+]
 LIGHTSUM = re.compile(r"^python -m lightsum (fit|validate|test|predict)\b")
 
 
@@ -68,8 +80,14 @@ def free_port() -> int:
 def serve_tensorboard(command: str, cwd: Path, env: dict) -> tuple[int, str]:
     """Start the documented tensorboard command, wait until it lists runs, stop it."""
     port = free_port()
-    server = subprocess.Popen(["bash", "-c", f"{command} --host 127.0.0.1 --port {port}"], cwd=cwd, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["bash", "-c", f"{command} --host 127.0.0.1 --port {port}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
@@ -81,7 +99,10 @@ def serve_tensorboard(command: str, cwd: Path, env: dict) -> tuple[int, str]:
             except OSError:
                 pass
             time.sleep(0.5)
-        return 1, f"tensorboard did not serve the runs: {server.stderr.read() if server.poll() is not None else 'timeout'}"
+        return (
+            1,
+            f"tensorboard did not serve the runs: {server.stderr.read() if server.poll() is not None else 'timeout'}",
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -110,7 +131,9 @@ def test_every_documented_command_runs(tmp_path: Path) -> None:
                 code, output = serve_tensorboard(command, work, env)
             else:
                 line = f"{command} {' '.join(tiny_for(command))}" if LIGHTSUM.match(command) else command
-                proc = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+                proc = subprocess.run(
+                    ["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=900
+                )
                 code, output = proc.returncode, proc.stdout[-2000:] + proc.stderr[-3000:]
             assert code == 0, f"{page}: `{command}` exited {code}:\n{output}"
             ran.append(command)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import log_attempt
+
 from lightsum import errors
 from lightsum.errors import CannotWrite, DamagedFile
 from lightsum.events import NamedEventWriter, read_scalars
@@ -21,10 +21,16 @@ def test_report_counts_a_resumed_runs_relogged_epochs_once(tmp_path: Path) -> No
     # named in the same second; as text, the second attempt's counter 10 sorts before 9.
     requeued = tmp_path / "default" / "version_0"
     requeued.mkdir(parents=True)
-    log_attempt(requeued, {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.9), 3: (0.99, 0.995)},
-                "events.out.tfevents.1700000000.node-1.4242.9")
-    log_attempt(requeued, {2: (0.8, 0.85), 3: (0.9, 0.91), 4: (0.95, 0.96), 5: (0.93, 0.97)},
-                "events.out.tfevents.1700000000.node-1.4242.10")
+    log_attempt(
+        requeued,
+        {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.9), 3: (0.99, 0.995)},
+        "events.out.tfevents.1700000000.node-1.4242.9",
+    )
+    log_attempt(
+        requeued,
+        {2: (0.8, 0.85), 3: (0.9, 0.91), 4: (0.95, 0.96), 5: (0.93, 0.97)},
+        "events.out.tfevents.1700000000.node-1.4242.10",
+    )
     series = read_scalars(requeued).series
     assert [step for step, _ in series["val/min_recall"]] == [9, 19, 29, 39, 49, 59]  # epoch 3: the second attempt's
     assert series["val/min_recall"][3][1] == pytest.approx(0.9)
@@ -34,8 +40,11 @@ def test_report_counts_a_resumed_runs_relogged_epochs_once(tmp_path: Path) -> No
     # A second attempt that stopped before the first one's last epoch: that epoch is not the run's.
     abandoned = tmp_path / "default" / "version_1"
     abandoned.mkdir()
-    log_attempt(abandoned, {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.9), 3: (0.99, 0.995)},
-                "events.out.tfevents.1700000000.node-1.4242.0")
+    log_attempt(
+        abandoned,
+        {0: (0.5, 0.9), 1: (0.6, 0.9), 2: (0.7, 0.9), 3: (0.99, 0.995)},
+        "events.out.tfevents.1700000000.node-1.4242.0",
+    )
     log_attempt(abandoned, {2: (0.8, 0.85)}, "events.out.tfevents.1700000100.node-2.77.0")
     run = read_run(abandoned)
     assert run.best == pytest.approx({"recall_0": 0.8, "recall_1": 0.85, "min_recall": 0.8, "epoch": 2, "epochs": 3})
@@ -76,12 +85,15 @@ def damage(run: Path, how: str) -> Path:
     return events
 
 
-@pytest.mark.parametrize(("how", "problem"), [
-    ("a folder", "a folder, not an event file"),
-    ("a fifo", "a fifo, device or socket, not an event file"),
-    ("a broken link", "a broken link, not an event file"),
-    ("garbage", "not a TensorBoard event file (no event in it can be read)"),
-])
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [
+        ("a folder", "a folder, not an event file"),
+        ("a fifo", "a fifo, device or socket, not an event file"),
+        ("a broken link", "a broken link, not an event file"),
+        ("garbage", "not a TensorBoard event file (no event in it can be read)"),
+    ],
+)
 def test_a_damaged_event_file_is_named(how: str, problem: str, tmp_path: Path) -> None:
     run = tmp_path / "default" / "version_0"
     run.mkdir(parents=True)
@@ -118,8 +130,9 @@ def test_an_event_file_cut_short_is_read_up_to_its_last_whole_event(tmp_path: Pa
 
 
 @pytest.mark.parametrize("debug", ["", "1"])
-def test_an_event_file_that_cannot_be_written_is_named_once(debug: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_event_file_that_cannot_be_written_is_named_once(
+    debug: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A full disk: the write fails in TensorBoard's writer thread without a file name; the main thread
     # hears of it at its next write or flush, as CannotWrite naming the run folder's event file. The
     # thread's own traceback is silenced, unless LIGHTSUM_DEBUG asks for every traceback.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, tiny
+
 from lightsum.checkpoints import read_checkpoint
 from lightsum.cli import main
 
@@ -46,12 +46,23 @@ def test_resume_at_an_epoch_boundary_is_exact(uninterrupted, run_root: Path) -> 
 
 
 def launch(run_root: Path, resume: bool) -> subprocess.Popen:
-    args = [*tiny(run_root, epochs=EPOCHS), "--trainer.logger.init_args.name=killed",
-            '--trainer.plugins=[{"class_path": "slow_checkpoint_io.SlowAtomicCheckpointIO"}]']
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers"), str(REPO)]),
-           "LIGHTSUM_ALLOW_IMPORTS": "slow_checkpoint_io"}  # a test's own plugin: outside lightsum's allow-list
-    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *args, *(["--ckpt_path=last"] if resume else [])],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [
+        *tiny(run_root, epochs=EPOCHS),
+        "--trainer.logger.init_args.name=killed",
+        '--trainer.plugins=[{"class_path": "slow_checkpoint_io.SlowAtomicCheckpointIO"}]',
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers"), str(REPO)]),
+        "LIGHTSUM_ALLOW_IMPORTS": "slow_checkpoint_io",
+    }  # a test's own plugin: outside lightsum's allow-list
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightsum", "fit", *args, *(["--ckpt_path=last"] if resume else [])],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
@@ -72,6 +83,7 @@ def test_kill_9_at_any_moment_then_resume_ends_as_the_uninterrupted_run(uninterr
                 any(d.glob(f".{pattern}.partial-*")) and (d / "last.ckpt").exists() == over_a_last_ckpt
                 for d in run_root.glob("killed/version_*/checkpoints")
             )
+
         return ready
 
     def after(seconds: float):
@@ -86,7 +98,7 @@ def test_kill_9_at_any_moment_then_resume_ends_as_the_uninterrupted_run(uninterr
         ("during any checkpoint write, with a last.ckpt to resume from", lambda: writing("*.ckpt", True)),
         ("1.5 s after launch (during start-up)", lambda: after(1.5)),
     ]
-    for i, (moment, condition) in enumerate(faults):
+    for i, (_moment, condition) in enumerate(faults):
         proc = launch(run_root, resume=i > 0)
         kill_when(proc, condition())
         for ckpt in run_root.glob("killed/version_*/checkpoints/*.ckpt"):

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FITTED_EPOCHS as EPOCHS
+from conftest import scalars, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
-from conftest import FITTED_EPOCHS as EPOCHS, scalars, tiny
 from lightsum.callbacks.figures import ConfusionMatrixPicture, confusion_matrix_markdown, percent
 from lightsum.cli import main
+
 
 def events(run_dir: Path) -> EventAccumulator:
     acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
@@ -59,7 +61,11 @@ def test_a_single_miss_is_never_rounded_away() -> None:
     picture = ConfusionMatrixPicture()
     picture(matrix, "test, epoch 9, threshold 0.5")
     assert {ij: cell.get_text() for ij, cell in picture.cells.items()} == {
-        (0, 0): "400\n100.00%", (0, 1): "0\n0.00%", (1, 0): "1\n<0.01%", (1, 1): "33332\n>99.99%"}
+        (0, 0): "400\n100.00%",
+        (0, 1): "0\n0.00%",
+        (1, 0): "1\n<0.01%",
+        (1, 1): "33332\n>99.99%",
+    }
     assert [percent(1, 39_530), percent(2, 39_530), percent(39_529, 39_530)] == ["<0.01%", "0.01%", ">99.99%"]
 
 
@@ -88,9 +94,21 @@ def test_a_real_tensorboard_server_shows_the_run(run_dir: Path) -> None:
     logdir = run_dir.parent.parent
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast=false", "--reload_interval=1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+            "--reload_interval=1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}/data"
     run = f"{run_dir.parent.name}/{run_dir.name}"
@@ -106,8 +124,17 @@ def test_a_real_tensorboard_server_shows_the_run(run_dir: Path) -> None:
             assert time.monotonic() < deadline, "tensorboard did not list the run within 90 s"
             time.sleep(0.5)
         scalar_tags = set(get_json(f"{base}/plugin/scalars/tags")[run])
-        assert {"train/loss", "train/loss_epoch", "train/recall_0", "train/recall_1", "val/loss",
-                "val/recall_0", "val/recall_1", "val/min_recall", "val/auroc"} <= scalar_tags
+        assert {
+            "train/loss",
+            "train/loss_epoch",
+            "train/recall_0",
+            "train/recall_1",
+            "val/loss",
+            "val/recall_0",
+            "val/recall_1",
+            "val/min_recall",
+            "val/auroc",
+        } <= scalar_tags
         assert "val/confusion_matrix" in get_json(f"{base}/plugin/images/tags")[run]
         images = get_json(f"{base}/plugin/images/images?run={run}&tag=val/confusion_matrix")
         assert len(images) == EPOCHS

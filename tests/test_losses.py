@@ -28,13 +28,17 @@ def test_focal_loss_is_the_papers_formula(gamma: float, alpha: float | None) -> 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, generator=g, dtype=torch.float64) * 4
     target = (torch.rand(64, generator=g) < 0.7).double()
-    assert float(sigmoid_focal_loss(logits, target, gamma, alpha)) == pytest.approx(float(focal_by_hand(logits, target, gamma, alpha)), rel=1e-10)
+    assert float(sigmoid_focal_loss(logits, target, gamma, alpha)) == pytest.approx(
+        float(focal_by_hand(logits, target, gamma, alpha)), rel=1e-10
+    )
 
 
 def test_focal_loss_without_focusing_or_weight_is_bce_and_focusing_down_weights_easy_examples() -> None:
     logits = torch.tensor([-6.0, -1.0, 0.0, 2.0, 8.0])
     target = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0])
-    assert torch.equal(sigmoid_focal_loss(logits, target, 0.0, None), F.binary_cross_entropy_with_logits(logits, target))
+    assert torch.equal(
+        sigmoid_focal_loss(logits, target, 0.0, None), F.binary_cross_entropy_with_logits(logits, target)
+    )
     easy, hard = torch.tensor([8.0]), torch.tensor([-1.0])
     one = torch.tensor([1.0])
     # gamma 2 keeps ~(1 - p_t)^2 of the loss: nearly all of a hard example's, almost none of an easy one's.
@@ -50,10 +54,15 @@ def test_logit_adjustment_offset() -> None:
         logit_adjustment(1.0, 1.0)
 
 
-@pytest.mark.parametrize(("sampling", "share"), [
-    ("none", None),  # the split's own share of label 1
-    ("oversample", 0.5), ("undersample", 0.5), ("weighted", 0.5),
-])
+@pytest.mark.parametrize(
+    ("sampling", "share"),
+    [
+        ("none", None),  # the split's own share of label 1
+        ("oversample", 0.5),
+        ("undersample", 0.5),
+        ("weighted", 0.5),
+    ],
+)
 def test_logit_adjusted_loss_is_bce_on_logits_shifted_by_the_served_prior(sampling: str, share: float | None) -> None:
     data = SumDataModule(num_samples=4000, test_samples=500, sampling=sampling)
     data.setup("fit")
@@ -65,9 +74,13 @@ def test_logit_adjusted_loss_is_bce_on_logits_shifted_by_the_served_prior(sampli
     offset = 0.7 * math.log(data.positive_share() / (1 - data.positive_share()))
     assert float(model.logit_adjustment) == pytest.approx(offset, rel=1e-6)
     logits, target = torch.tensor([-2.0, 0.5, 3.0]), torch.tensor([0, 1, 1])
-    torch.testing.assert_close(model.loss(logits, target), F.binary_cross_entropy_with_logits(logits + offset, target.float()))
+    torch.testing.assert_close(
+        model.loss(logits, target), F.binary_cross_entropy_with_logits(logits + offset, target.float())
+    )
     # Evaluation scores what the model predicts, f alone: the same in fit as in a later validate.
-    torch.testing.assert_close(model.loss(logits, target, adjusted=False), F.binary_cross_entropy_with_logits(logits, target.float()))
+    torch.testing.assert_close(
+        model.loss(logits, target, adjusted=False), F.binary_cross_entropy_with_logits(logits, target.float())
+    )
 
 
 def test_focal_refuses_pos_weight() -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence
 
-from lightsum.nn import lstm as network
 from lightsum.nn import LSTM, hard_sigmoid
+from lightsum.nn import lstm as network
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -201,7 +199,9 @@ def test_hard_sigmoid_lstm_float32_close_to_float64_reference() -> None:
     lstm = LSTM(1, 16, recurrent_activation="hard_sigmoid")
     x = torch.randn(8, 30, 1)
     out, (h, c) = lstm(x)
-    out_r, (h_r, c_r) = reference_lstm(x.double(), [[w.double() for w in ws] for ws in lstm.all_weights], "hard_sigmoid")
+    out_r, (h_r, c_r) = reference_lstm(
+        x.double(), [[w.double() for w in ws] for ws in lstm.all_weights], "hard_sigmoid"
+    )
     torch.testing.assert_close(out, out_r.float(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(c, c_r.float(), atol=1e-5, rtol=1e-4)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-
 from conftest import lightsum_process, tiny
+
 from lightsum import SumClassifier, SumDataModule
 from lightsum.callbacks import PredictionCSV
 from lightsum.callbacks.predictions import check_target, prediction_target
@@ -36,16 +36,27 @@ def read_predictions(path: Path) -> np.ndarray:
     return np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
 
 
-def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_a_csv_file(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightsum.data import datamodule
 
     reads = []  # the CLI checks the whole file before the trainer exists; setup() serves what it read then
-    monkeypatch.setattr(datamodule, "read_sequences", lambda path, seq_len, read=datamodule.read_sequences:
-                        reads.append(path) or read(path, seq_len))
+    monkeypatch.setattr(
+        datamodule,
+        "read_sequences",
+        lambda path, seq_len, read=datamodule.read_sequences: reads.append(path) or read(path, seq_len),
+    )
     source = write_csv(tmp_path / "mine.csv", DIGITS, comma=False)
-    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-          "--trainer.enable_progress_bar=true"])
+    main(
+        [
+            "predict",
+            *tiny(tmp_path / "logs"),
+            f"--ckpt_path={checkpoint}",
+            f"--data.predict_path={source}",
+            "--trainer.enable_progress_bar=true",
+        ]
+    )
     assert reads == [str(source)]
     assert "Predicting" in capsys.readouterr().out  # the progress bar (Lightning draws it on stdout)
     out = tmp_path / "mine.predictions.csv"  # the documented default: beside the input
@@ -60,8 +71,15 @@ def test_predict_a_csv_file(checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
 def test_predict_npy_to_a_chosen_path_and_the_test_set(checkpoint: Path, tmp_path: Path) -> None:
     np.save(source := tmp_path / "mine.npy", DIGITS.astype(np.uint8))
     out = tmp_path / "sub" / "out.csv"
-    main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-          f"--predictions.path={out}"])
+    main(
+        [
+            "predict",
+            *tiny(tmp_path / "logs"),
+            f"--ckpt_path={checkpoint}",
+            f"--data.predict_path={source}",
+            f"--predictions.path={out}",
+        ]
+    )
     assert len(read_predictions(out)) == len(DIGITS)
     # Without predict_path: the generated test set, into the checkpoint's run folder; no run of its own.
     main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}"])
@@ -75,7 +93,9 @@ def test_bad_input_is_refused_before_anything_is_written(checkpoint: Path, tmp_p
     source.write_text("0" * 30 + "\n" + "7" * 31 + "\n")
     out = tmp_path / "mine.predictions.csv"
     out.write_text("earlier results\n")
-    proc = lightsum_process("predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}")
+    proc = lightsum_process(
+        "predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"lightsum: error: data.predict_path: {source}, line 2: expected 30 digits, got 31: '{'7' * 31}'"
@@ -92,24 +112,36 @@ def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
         return [f"--data.predict_path={empty}"], f"data.predict_path: {empty} is empty (0 bytes), not a .npy array"
     if case == "output is a folder":
         (tmp_path / "out").mkdir()
-        return ([f"--data.predict_path={source}", f"--predictions.path={tmp_path / 'out'}"],
-                f"predictions.path: {tmp_path / 'out'} is a folder; name a file, e.g. {tmp_path / 'out' / 'predictions.csv'}")
+        return (
+            [f"--data.predict_path={source}", f"--predictions.path={tmp_path / 'out'}"],
+            f"predictions.path: {tmp_path / 'out'} is a folder; name a file, e.g. {tmp_path / 'out' / 'predictions.csv'}",
+        )
     if case == "default output is a folder":
         (tmp_path / "mine.predictions.csv").mkdir()
-        return ([f"--data.predict_path={source}"],
-                f"predictions.path: {tmp_path / 'mine.predictions.csv'} is a folder; name a file, "
-                f"e.g. {tmp_path / 'mine.predictions.csv' / 'predictions.csv'}")
+        return (
+            [f"--data.predict_path={source}"],
+            f"predictions.path: {tmp_path / 'mine.predictions.csv'} is a folder; name a file, "
+            f"e.g. {tmp_path / 'mine.predictions.csv' / 'predictions.csv'}",
+        )
     if case == "output is the input":
-        return [f"--data.predict_path={source}", f"--predictions.path={source}"], f"predictions.path would overwrite the input file {source}"
+        return [
+            f"--data.predict_path={source}",
+            f"--predictions.path={source}",
+        ], f"predictions.path would overwrite the input file {source}"
     if case == "output inside a file":
-        return ([f"--data.predict_path={source}", f"--predictions.path={source}/out.csv"],
-                f"predictions.path: cannot write {source}/out.csv: {source} is a file, not a folder")
+        return (
+            [f"--data.predict_path={source}", f"--predictions.path={source}/out.csv"],
+            f"predictions.path: cannot write {source}/out.csv: {source} is a file, not a folder",
+        )
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["empty npy", "default output is a folder"])  # the rest: test_the_output_path_is_checked
-def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "case", ["empty npy", "default output is a folder"]
+)  # the rest: test_the_output_path_is_checked
+def test_bad_files_give_one_line_and_no_run_folder(
+    case: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args, expected = bad_input(tmp_path, case)
     with pytest.raises(SystemExit) as exit_info:  # any other exception would be a traceback
         main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", *args])
@@ -118,18 +150,29 @@ def test_bad_files_give_one_line_and_no_run_folder(case: str, checkpoint: Path, 
     assert not (tmp_path / "logs").exists()
 
 
-def test_checkpoint_and_data_lengths_must_agree(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_checkpoint_and_data_lengths_must_agree(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     source = write_csv(tmp_path / "short.csv", DIGITS[:, :20])
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-              "--data.seq_len=20"])
+        main(
+            [
+                "predict",
+                *tiny(tmp_path / "logs"),
+                f"--ckpt_path={checkpoint}",
+                f"--data.predict_path={source}",
+                "--data.seq_len=20",
+            ]
+        )
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"lightsum: error: the model reads seq_len=30 but data.seq_len is 20: use --data.seq_len 30 with {checkpoint}")
+        f"lightsum: error: the model reads seq_len=30 but data.seq_len is 20: use --data.seq_len 30 with {checkpoint}"
+    )
 
 
-@pytest.mark.parametrize("case", ["output is a folder", "default output is a folder", "output is the input",
-                                  "output inside a file"])
+@pytest.mark.parametrize(
+    "case", ["output is a folder", "default output is a folder", "output is the input", "output inside a file"]
+)
 def test_the_output_path_is_checked(case: str, tmp_path: Path) -> None:
     args, expected = bad_input(tmp_path, case)
     options = dict(arg.removeprefix("--").split("=", 1) for arg in args)
@@ -173,9 +216,11 @@ def test_a_killed_writers_partial_file_is_removed_by_the_next_run(tmp_path: Path
     finished.wait()  # its pid now names no process, as after kill -9
     host = socket.gethostname()
     orphan = tmp_path / f".mine.predictions.csv.partial-{host}-{finished.pid}"
-    kept = [tmp_path / f".mine.predictions.csv.partial-{host}-{os.getppid()}",  # a live writer's
-            tmp_path / f".mine.predictions.csv.partial-other-host-{finished.pid}",  # another host's
-            tmp_path / f".other.csv.partial-{host}-{finished.pid}"]  # another output's
+    kept = [
+        tmp_path / f".mine.predictions.csv.partial-{host}-{os.getppid()}",  # a live writer's
+        tmp_path / f".mine.predictions.csv.partial-other-host-{finished.pid}",  # another host's
+        tmp_path / f".other.csv.partial-{host}-{finished.pid}",
+    ]  # another output's
     for partial in (orphan, *kept):
         partial.write_text("row,probability,label\n0,0.5,1\n")
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV()])
@@ -185,15 +230,26 @@ def test_a_killed_writers_partial_file_is_removed_by_the_next_run(tmp_path: Path
 
 
 def test_a_full_disk_while_predicting_is_one_line_and_keeps_the_earlier_output(
-        checkpoint: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture) -> None:
+    checkpoint: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture
+) -> None:
     source = write_csv(tmp_path / "mine.csv", DIGITS)
     out = tmp_path / "mine.predictions.csv"
     out.write_bytes(earlier := b"row,probability,label\n0,0.25,0\n")
     full_disk(1000)  # the header and a few rows fit
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-              "--data.eval_batch_size=50"])
+        main(
+            [
+                "predict",
+                *tiny(tmp_path / "logs"),
+                f"--ckpt_path={checkpoint}",
+                f"--data.predict_path={source}",
+                "--data.eval_batch_size=50",
+            ]
+        )
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lightsum: error: cannot write {out}: No space left on device"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"lightsum: error: cannot write {out}: No space left on device"
+    )
     assert out.read_bytes() == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv", "mine.predictions.csv"]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from conftest import lightsum_process, tiny
+
 from lightsum import SumClassifier, SumDataModule
 from lightsum.callbacks import PredictionCSV
 from lightsum.callbacks.predictions import check_target
@@ -50,8 +50,10 @@ def source(tmp_path: Path) -> Path:
 
 def state(*paths: Path) -> dict[Path, tuple[int, bytes | None]]:
     """Each path's file type and, for a regular file, its bytes (never read from a device or fifo)."""
-    return {p: (stat.S_IFMT(p.lstat().st_mode), p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-            for p in paths}
+    return {
+        p: (stat.S_IFMT(p.lstat().st_mode), p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+        for p in paths
+    }
 
 
 @pytest.fixture
@@ -126,20 +128,34 @@ def bad_target(case: str, tmp_path: Path, checkpoint: Path, config: Path, source
         return target, f"predictions.path: {target} is a character device, not a regular file"
     if case == "a link to a device":
         target = link(tmp_path / "out.csv", make_device(tmp_path / "null"))
-        return target, f"predictions.path: {target} (a link to {tmp_path / 'null'}) is a character device, not a regular file"
+        return (
+            target,
+            f"predictions.path: {target} (a link to {tmp_path / 'null'}) is a character device, not a regular file",
+        )
     if case == "a link to a folder":
         target = link(tmp_path / "out.csv", tmp_path)
         return target, f"predictions.path: {target} is a folder"
     raise AssertionError(case)
 
 
-TARGETS = ["the checkpoint", "a link to the checkpoint", "the config file", "the input file",
-           "a hard link to the input file", "a fifo", "a socket", "a device", "a link to a device", "a link to a folder"]
+TARGETS = [
+    "the checkpoint",
+    "a link to the checkpoint",
+    "the config file",
+    "the input file",
+    "a hard link to the input file",
+    "a fifo",
+    "a socket",
+    "a device",
+    "a link to a device",
+    "a link to a folder",
+]
 
 
 @pytest.mark.parametrize("case", TARGETS)
-def test_check_target_refuses_what_must_not_be_replaced(case: str, tmp_path: Path, checkpoint: Path, config: Path,
-                                                        source: Path) -> None:
+def test_check_target_refuses_what_must_not_be_replaced(
+    case: str, tmp_path: Path, checkpoint: Path, config: Path, source: Path
+) -> None:
     target, expected = bad_target(case, tmp_path, checkpoint, config, source)
     before = state(target, checkpoint, config, source)
     with pytest.raises(ValueError) as error:
@@ -165,19 +181,31 @@ def test_check_target_accepts_a_new_or_regular_file_and_reads_lists_and_nones(tm
 
 
 def test_predicting_over_the_checkpoint_is_one_line_and_changes_nothing(
-        refused, checkpoint: Path, config: Path, source: Path) -> None:
-    error = refused(f"--config={config}", f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                    f"--predictions.path={checkpoint}", unchanged=[checkpoint, config, source])
+    refused, checkpoint: Path, config: Path, source: Path
+) -> None:
+    error = refused(
+        f"--config={config}",
+        f"--ckpt_path={checkpoint}",
+        f"--data.predict_path={source}",
+        f"--predictions.path={checkpoint}",
+        unchanged=[checkpoint, config, source],
+    )
     assert error == f"predictions.path would overwrite the checkpoint {checkpoint}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", TARGETS)
-def test_every_bad_target_is_one_line_and_changes_nothing(case: str, refused, tmp_path: Path, checkpoint: Path,
-                                                          config: Path, source: Path) -> None:
+def test_every_bad_target_is_one_line_and_changes_nothing(
+    case: str, refused, tmp_path: Path, checkpoint: Path, config: Path, source: Path
+) -> None:
     target, expected = bad_target(case, tmp_path, checkpoint, config, source)
-    error = refused(f"--config={config}", f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                    f"--predictions.path={target}", unchanged=[target, checkpoint, config, source])
+    error = refused(
+        f"--config={config}",
+        f"--ckpt_path={checkpoint}",
+        f"--data.predict_path={source}",
+        f"--predictions.path={target}",
+        unchanged=[target, checkpoint, config, source],
+    )
     assert error.startswith(expected)
 
 
@@ -187,7 +215,9 @@ def test_a_replaced_output_keeps_its_permissions(mode: int, tmp_path: Path) -> N
     (out := tmp_path / "mine.predictions.csv").write_text("earlier results\n")
     out.chmod(mode)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV()])
-    trainer.predict(SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)), return_predictions=False)
+    trainer.predict(
+        SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)), return_predictions=False
+    )
     assert out.read_text().startswith("row,probability,label\n")
     assert stat.S_IMODE(out.stat().st_mode) == mode
 
@@ -198,7 +228,9 @@ def test_an_output_through_a_link_writes_the_file_it_names_and_keeps_the_link(tm
     real.write_text("earlier results\n")
     (out := tmp_path / "out.csv").symlink_to(real)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV(str(out))])
-    trainer.predict(SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)), return_predictions=False)
+    trainer.predict(
+        SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)), return_predictions=False
+    )
     assert out.is_symlink() and out.resolve() == real
     assert len(real.read_text().splitlines()) == 1 + len(DIGITS)
 
@@ -222,8 +254,12 @@ def test_the_writer_refuses_the_checkpoint_it_scores(tmp_path: Path, checkpoint:
     before = checkpoint.read_bytes()
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionCSV(str(checkpoint))])
     with pytest.raises(ValueError, match=f"^predictions.path would overwrite the checkpoint {checkpoint}$"):
-        trainer.predict(SumClassifier(hidden_size=8), datamodule=SumDataModule(predict_path=str(source)),
-                        ckpt_path=str(checkpoint), return_predictions=False)
+        trainer.predict(
+            SumClassifier(hidden_size=8),
+            datamodule=SumDataModule(predict_path=str(source)),
+            ckpt_path=str(checkpoint),
+            return_predictions=False,
+        )
     assert checkpoint.read_bytes() == before
 
 
@@ -245,8 +281,11 @@ BAD_NPY = {
     "structured": (np.zeros((4, 30), dtype=[("a", "<i8")]), "must be integers 0-9, got dtype [('a', '<i8')]"),
     "string": (DIGITS.astype("U1"), "must be integers 0-9, got dtype <U1"),
     "datetime": (DIGITS.astype("datetime64[s]"), "must be integers 0-9, got dtype datetime64[s]"),
-    "forged header": (None, "is not a readable .npy array: its header describes 90,000,000,000 x 30 int8 "
-                            "(2,700,000,000,000 bytes) but the file holds 60 bytes of data"),
+    "forged header": (
+        None,
+        "is not a readable .npy array: its header describes 90,000,000,000 x 30 int8 "
+        "(2,700,000,000,000 bytes) but the file holds 60 bytes of data",
+    ),
 }
 
 
@@ -261,7 +300,9 @@ def bad_npy(case: str, folder: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("case", list(BAD_NPY))
-def test_bad_npy_files_are_refused_from_their_header(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_npy_files_are_refused_from_their_header(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, expected = bad_npy(case, tmp_path)
     monkeypatch.setattr(np, "frombuffer", None)  # the array itself is never read
     with pytest.raises(ValueError) as error:
@@ -273,20 +314,33 @@ def test_a_forged_npy_header_is_one_line_and_changes_nothing(refused, checkpoint
     path, expected = bad_npy("forged header", tmp_path)
     out = tmp_path / "forged.predictions.csv"
     out.write_text("earlier results\n")
-    assert refused(f"--ckpt_path={checkpoint}", f"--data.predict_path={path}", unchanged=[checkpoint, path, out]) == expected
+    assert (
+        refused(f"--ckpt_path={checkpoint}", f"--data.predict_path={path}", unchanged=[checkpoint, path, out])
+        == expected
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_NPY))
-def test_every_bad_npy_file_is_one_line_and_changes_nothing(case: str, refused, checkpoint: Path, config: Path,
-                                                            tmp_path: Path) -> None:
+def test_every_bad_npy_file_is_one_line_and_changes_nothing(
+    case: str, refused, checkpoint: Path, config: Path, tmp_path: Path
+) -> None:
     path, expected = bad_npy(case, tmp_path)
-    assert refused(f"--config={config}", f"--ckpt_path={checkpoint}", f"--data.predict_path={path}",
-                   unchanged=[checkpoint, config, path]) == expected
+    assert (
+        refused(
+            f"--config={config}",
+            f"--ckpt_path={checkpoint}",
+            f"--data.predict_path={path}",
+            unchanged=[checkpoint, config, path],
+        )
+        == expected
+    )
 
 
 @pytest.mark.parametrize("form", ["npy", "csv"])
-def test_a_file_larger_than_the_memory_available_is_refused(form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_larger_than_the_memory_available_is_refused(
+    form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightsum.data import datamodule
 
     path = tmp_path / f"mine.{form}"
@@ -295,12 +349,16 @@ def test_a_file_larger_than_the_memory_available_is_refused(form: str, tmp_path:
     else:
         path.write_text("".join(",".join(map(str, row)) + "\n" for row in DIGITS))
     monkeypatch.setattr(datamodule, "available_memory", lambda: 9000)  # 300 sequences need 300 x 31 bytes
-    with pytest.raises(ValueError, match=f"^data.predict_path: {path} holds 300 sequences, 0.0 GB in memory; "
-                                         "this machine has 0.0 GB available"):
+    with pytest.raises(
+        ValueError,
+        match=f"^data.predict_path: {path} holds 300 sequences, 0.0 GB in memory; this machine has 0.0 GB available",
+    ):
         sequences.read_sequences(path, 30)
 
 
-def test_a_bad_last_line_is_found_before_anything_is_written(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_last_line_is_found_before_anything_is_written(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sequences, "_TEXT_BLOCK", 1000)  # the file spans ten blocks, the bad line in the last
     with source.open("a") as file:
         file.write("1" * 29 + "x\n")
@@ -312,7 +370,9 @@ def test_a_bad_last_line_is_found_before_anything_is_written(tmp_path: Path, sou
 
 
 @pytest.mark.slow
-def test_a_bad_line_near_the_end_of_ten_million_is_named_and_nothing_is_written(checkpoint: Path, tmp_path: Path) -> None:
+def test_a_bad_line_near_the_end_of_ten_million_is_named_and_nothing_is_written(
+    checkpoint: Path, tmp_path: Path
+) -> None:
     rows = 10_000_000
     source = tmp_path / "big.csv"
     lines = np.full((rows, 31), ord("7"), np.uint8)
@@ -320,19 +380,33 @@ def test_a_bad_line_near_the_end_of_ten_million_is_named_and_nothing_is_written(
     lines[rows - 2, 5] = ord("x")  # row 9,999,998: line 9,999,999
     source.write_bytes(lines.tobytes())
     del lines
-    proc = lightsum_process("predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}", f"--data.predict_path={source}",
-                            "--return_predictions=false")
+    proc = lightsum_process(
+        "predict",
+        *tiny(tmp_path / "logs"),
+        f"--ckpt_path={checkpoint}",
+        f"--data.predict_path={source}",
+        "--return_predictions=false",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"lightsum: error: data.predict_path: {source}, line 9999999: 'x' is not a digit 0-9"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"lightsum: error: data.predict_path: {source}, line 9999999: 'x' is not a digit 0-9"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv", "model.ckpt"]
 
 
 def peak_rss(*args: str) -> int:
     """Peak resident bytes of ``python -m lightsum ARGS`` run by a process of its own (one child counted)."""
-    measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
-               "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "lightsum", *args],
-                         capture_output=True, text=True, check=True)
+    measure = (
+        "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+        "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", measure, sys.executable, "-m", "lightsum", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     code, kilobytes = map(int, out.stdout.split())
     assert code == 0
     return kilobytes * 1024
@@ -350,9 +424,16 @@ def test_predict_memory_grows_by_the_digits_alone(form: str, checkpoint: Path, t
             np.save(source, digits)
         else:
             source.write_bytes(np.hstack([digits + ord("0"), np.full((rows, 1), ord("\n"), np.uint8)]).tobytes())
-        peaks.append(peak_rss("predict", *tiny(tmp_path / "logs"), f"--ckpt_path={checkpoint}",
-                              f"--data.predict_path={source}", f"--predictions.path={tmp_path / 'out.csv'}",
-                              "--return_predictions=false"))
+        peaks.append(
+            peak_rss(
+                "predict",
+                *tiny(tmp_path / "logs"),
+                f"--ckpt_path={checkpoint}",
+                f"--data.predict_path={source}",
+                f"--predictions.path={tmp_path / 'out.csv'}",
+                "--return_predictions=false",
+            )
+        )
     # The digits and labels are 31 bytes a row; each row also passes through the batches and the CSV
     # writer, which hold a batch at a time. Before: about 170 bytes a row (lists of indices, a Python
     # string per line).
@@ -362,15 +443,24 @@ def test_predict_memory_grows_by_the_digits_alone(form: str, checkpoint: Path, t
 # --- predict_proba ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("digits", "message"), [
-    ([[0] * 29 + [0.5]], "digits must be integers 0-9, got dtype float64"),
-    (DIGITS.astype(np.uint64), "digits must be integers 0-9 of a signed type or uint8, got dtype uint64"),
-    (torch.zeros(2, 30, dtype=torch.uint64), "digits must be integers 0-9 of a signed type or uint8, got dtype torch.uint64"),
-    (torch.empty(2, 30, dtype=torch.long, device="meta"), "digits is a meta tensor: it has a shape but no values"),
-    (torch.zeros(2, 30, dtype=torch.long).to_sparse(), "digits must be a dense tensor, got layout torch.sparse_coo"),
-    ([[1] * 30, [1] * 29], "digits cannot be read as an array of integers 0-9: "),
-    ([["1"] * 30], "digits must be integers 0-9, got dtype <U1"),
-])
+@pytest.mark.parametrize(
+    ("digits", "message"),
+    [
+        ([[0] * 29 + [0.5]], "digits must be integers 0-9, got dtype float64"),
+        (DIGITS.astype(np.uint64), "digits must be integers 0-9 of a signed type or uint8, got dtype uint64"),
+        (
+            torch.zeros(2, 30, dtype=torch.uint64),
+            "digits must be integers 0-9 of a signed type or uint8, got dtype torch.uint64",
+        ),
+        (torch.empty(2, 30, dtype=torch.long, device="meta"), "digits is a meta tensor: it has a shape but no values"),
+        (
+            torch.zeros(2, 30, dtype=torch.long).to_sparse(),
+            "digits must be a dense tensor, got layout torch.sparse_coo",
+        ),
+        ([[1] * 30, [1] * 29], "digits cannot be read as an array of integers 0-9: "),
+        ([["1"] * 30], "digits must be integers 0-9, got dtype <U1"),
+    ],
+)
 def test_predict_proba_refuses_what_is_not_digits_in_one_line(digits, message: str) -> None:
     model = SumClassifier(hidden_size=8)
     for method in (model.predict_proba, model.predict):
@@ -384,7 +474,10 @@ def test_predict_proba_of_no_sequences_is_empty_of_the_input_kind() -> None:
     probs, labels = model.predict_proba(np.zeros((0, 30), np.int64)), model.predict(np.zeros((0, 30), np.uint8))
     assert isinstance(probs, np.ndarray) and probs.shape == (0,) and probs.dtype == np.float32
     assert isinstance(labels, np.ndarray) and labels.shape == (0,) and labels.dtype == np.int64
-    probs, labels = model.predict_proba(torch.zeros(0, 30, dtype=torch.long)), model.predict(torch.zeros(0, 30, dtype=torch.uint8))
+    probs, labels = (
+        model.predict_proba(torch.zeros(0, 30, dtype=torch.long)),
+        model.predict(torch.zeros(0, 30, dtype=torch.uint8)),
+    )
     assert isinstance(probs, torch.Tensor) and probs.shape == (0,) and probs.dtype == torch.float32
     assert isinstance(labels, torch.Tensor) and labels.shape == (0,) and labels.dtype == torch.int64
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-
 from conftest import REPO, tiny
+from pytorch_lightning.callbacks import ModelCheckpoint
+from test_stop_requests import pause, signal_when_paused
+
 from lightsum import SumClassifier, SumDataModule
 from lightsum.callbacks import Preemption, RandomStates, TrainLoss
 from lightsum.checkpoints import read_checkpoint
-from test_stop_requests import pause, signal_when_paused
 
 EPOCHS = 3
 
@@ -40,15 +40,23 @@ class SignalAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def fit(root: Path, ckpt_path: str | None = None, stop: SignalAt | None = None, **data) -> tuple[pl.Trainer, SumClassifier]:
+def fit(
+    root: Path, ckpt_path: str | None = None, stop: SignalAt | None = None, **data
+) -> tuple[pl.Trainer, SumClassifier]:
     pl.seed_everything(0)
     model = AdamClassifier(hidden_size=8, layout="flat")
     datamodule = SumDataModule(**{"num_samples": 3000, "batch_size": 64, "layout": "flat", **data})
     # The signal comes after the batch's TrainLoss and before Preemption looks for it.
-    callbacks = [RandomStates(), TrainLoss(), *([stop] if stop else []), Preemption(),
-                 ModelCheckpoint(dirpath=root / "ckpt", save_last=True)]
-    trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=callbacks)
+    callbacks = [
+        RandomStates(),
+        TrainLoss(),
+        *([stop] if stop else []),
+        Preemption(),
+        ModelCheckpoint(dirpath=root / "ckpt", save_last=True),
+    ]
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks
+    )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer, model
 
@@ -101,25 +109,50 @@ def test_a_stop_at_the_epochs_last_batch_waits_for_the_epochs_end(tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("sampling", "distribution"), [
-    ("none", "natural"), ("undersample", "natural"), ("weighted", "natural"), ("none", "balanced"),
-    ("oversample", "balanced"), ("oversample", "boundary"),
-])
+@pytest.mark.parametrize(
+    ("sampling", "distribution"),
+    [
+        ("none", "natural"),
+        ("undersample", "natural"),
+        ("weighted", "natural"),
+        ("none", "balanced"),
+        ("oversample", "balanced"),
+        ("oversample", "boundary"),
+    ],
+)
 def test_every_strategy_resumes_exactly_mid_epoch(sampling: str, distribution: str, tmp_path: Path) -> None:
     size = {"num_samples": 20_000, "batch_size": 16} if sampling == "undersample" else {}  # epochs of several batches
-    whole, resumed, _ = stop_and_resume(tmp_path, signal.SIGINT, sampling=sampling, train_distribution=distribution, **size)
+    whole, resumed, _ = stop_and_resume(
+        tmp_path, signal.SIGINT, sampling=sampling, train_distribution=distribution, **size
+    )
     assert_same_weights(whole, resumed)
 
 
 def launch(root: Path, *extra: str, pause: dict | None = None) -> subprocess.Popen:
     # Epochs of ~190 steps: long enough for a signal to land mid-epoch.
-    args = [*tiny(root, epochs=EPOCHS), "--data.num_samples=12000", "--data.batch_size=64", "--figures.every_n_epochs=0"]
+    args = [
+        *tiny(root, epochs=EPOCHS),
+        "--data.num_samples=12000",
+        "--data.batch_size=64",
+        "--figures.every_n_epochs=0",
+    ]
     if pause:  # a PauseAt callback (tests/test_stop_requests.py) holds the process at a known batch
-        args.append("--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-           "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests"}
-    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *args, *extra], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        args.append(
+            "--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}])
+        )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightsum", "fit", *args, *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def ddp(processes: int) -> list[str]:
@@ -147,18 +180,21 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("processes", "signum", "code"), [(1, signal.SIGTERM, 143), (1, signal.SIGINT, 130),
-                                                           (2, signal.SIGTERM, 143)])
-def test_a_signalled_fit_exits_non_zero_and_resumes_exactly(processes: int, signum: int, code: int, run_root: Path,
-                                                            uninterrupted) -> None:
+@pytest.mark.parametrize(
+    ("processes", "signum", "code"), [(1, signal.SIGTERM, 143), (1, signal.SIGINT, 130), (2, signal.SIGTERM, 143)]
+)
+def test_a_signalled_fit_exits_non_zero_and_resumes_exactly(
+    processes: int, signum: int, code: int, run_root: Path, uninterrupted
+) -> None:
     run_dir = run_root / "default" / "version_0"
     proc = launch(run_root, *ddp(processes), pause=pause(run_root.parent, "train", 20, epoch=1))  # every rank pauses
     stderr = signal_when_paused(proc, run_root.parent, signum)  # rank 0 is signalled; the others follow it
     assert proc.returncode == code, stderr[-3000:]
     line = next(line for line in stderr.splitlines() if line.startswith("lightsum: stopped by"))
     assert line.startswith(f"lightsum: stopped by {signal.Signals(signum).name} after batch ")
-    assert line.endswith(f"saved {run_dir / 'checkpoints' / 'last.ckpt'}: the same command with --ckpt_path last "
-                         "continues from there")
+    assert line.endswith(
+        f"saved {run_dir / 'checkpoints' / 'last.ckpt'}: the same command with --ckpt_path last continues from there"
+    )
     saved = read_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
     assert len(saved["callbacks"]["RandomStates"]["per_rank"]) == processes
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] == 20  # mid-epoch

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny
+
 from lightsum.cli import main
 
 
@@ -38,11 +38,17 @@ def refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
 @pytest.fixture
 def deny_writes(monkeypatch: pytest.MonkeyPatch):
     """``deny_writes(folder)``: ``os.access`` says this process may not write into ``folder``."""
+
     def deny(folder: Path) -> None:
         access = os.access
         denied = os.path.abspath(folder)
-        monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
-            False if mode & os.W_OK and os.path.abspath(path) == denied else access(path, mode, **kw)))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode, **kw: (
+                False if mode & os.W_OK and os.path.abspath(path) == denied else access(path, mode, **kw)
+            ),
+        )
 
     return deny
 
@@ -51,18 +57,23 @@ def test_a_save_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture
     logs = tmp_path / "lightning_logs"
     logs.write_text("not a folder\n")
     line = refused(["fit", *tiny(logs, epochs=1)], capsys)
-    assert line == (f"lightsum: error: trainer.logger.init_args.save_dir: cannot write {logs}/default: "
-                    f"{logs} is a file, not a folder")
+    assert line == (
+        f"lightsum: error: trainer.logger.init_args.save_dir: cannot write {logs}/default: "
+        f"{logs} is a file, not a folder"
+    )
     assert logs.read_text() == "not a folder\n"
 
 
-def test_a_working_folder_fit_cannot_write(tmp_path: Path, deny_writes, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_a_working_folder_fit_cannot_write(
+    tmp_path: Path, deny_writes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     deny_writes(tmp_path)
     line = refused(["fit", *tiny(tmp_path, epochs=1), "--trainer.logger.init_args.save_dir=lightning_logs"], capsys)
-    assert line == ("lightsum: error: trainer.logger.init_args.save_dir: cannot write lightning_logs/default: "
-                    f"no write permission in {tmp_path}")
+    assert line == (
+        "lightsum: error: trainer.logger.init_args.save_dir: cannot write lightning_logs/default: "
+        f"no write permission in {tmp_path}"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -75,8 +86,9 @@ def test_a_read_only_filesystem_is_named_so(tmp_path: Path, deny_writes, monkeyp
     with pytest.raises(CannotWrite) as err:
         folders.check_writable(tmp_path / "logs" / "default", "trainer.logger.init_args.save_dir")
     assert err.value.errno == errno.EROFS
-    assert str(err.value) == (f"trainer.logger.init_args.save_dir: cannot write {tmp_path}/logs/default: "
-                              f"read-only filesystem in {tmp_path}")
+    assert str(err.value) == (
+        f"trainer.logger.init_args.save_dir: cannot write {tmp_path}/logs/default: read-only filesystem in {tmp_path}"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode bits")
@@ -90,23 +102,32 @@ def test_a_folder_without_write_permission(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize(("command", "denied"), [("fit", "."), ("fit", "checkpoints"), ("test", ".")])
-def test_a_read_only_run_folder(command: str, denied: str, run_dir: Path, tmp_path: Path, deny_writes,
-                                capsys: pytest.CaptureFixture) -> None:
+def test_a_read_only_run_folder(
+    command: str, denied: str, run_dir: Path, tmp_path: Path, deny_writes, capsys: pytest.CaptureFixture
+) -> None:
     # A resumed fit writes into its run folder and checkpoints/, a test into the checkpoint's run folder.
     run = tmp_path / "logs" / run_dir.parent.name / run_dir.name
     shutil.copytree(run_dir, run)  # a copy: had the check failed, the shared run would have trained on
     before = snapshot(run)
     deny_writes(run / denied)
     ckpt = "last" if command == "fit" else str(next(run.glob("checkpoints/best-*.ckpt")))
-    line = refused([command, *tiny(tmp_path / "logs", epochs=9), f"--trainer.logger.init_args.version={run.name}",
-                    f"--ckpt_path={ckpt}"], capsys)
+    line = refused(
+        [
+            command,
+            *tiny(tmp_path / "logs", epochs=9),
+            f"--trainer.logger.init_args.version={run.name}",
+            f"--ckpt_path={ckpt}",
+        ],
+        capsys,
+    )
     what = "trainer.logger.init_args.save_dir" if command == "fit" else command
     assert line == f"lightsum: error: {what}: cannot write {run / denied}: no write permission"
     assert snapshot(run) == before
 
 
-def test_a_filesystem_turning_read_only_mid_fit(run_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_a_filesystem_turning_read_only_mid_fit(
+    run_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # From the second epoch on, TensorBoard's appends to its event file and lightsum's atomic files
     # fail as on a filesystem remounted read-only. TensorBoard's writer thread meets it first, and
     # Lightning's logger used to report it as "you tried to log <value> which is currently not supported".

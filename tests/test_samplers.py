@@ -128,8 +128,15 @@ def test_ddp_ranks_together_serve_one_resampled_epoch(sampling: str, tmp_path: P
     out = tmp_path / "indices.jsonl"
     data = RecordingData(num_samples=1250, test_samples=100, batch_size=16, sampling=sampling, seed=5)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[GatherIndices(out)],
     )
     trainer.fit(AdamClassifier(hidden_size=4), datamodule=data)
@@ -144,6 +151,8 @@ def test_ddp_ranks_together_serve_one_resampled_epoch(sampling: str, tmp_path: P
         # Exactly one resampled epoch, plus at most world_size - 1 entries of wrapper padding.
         assert not expected - gathered
         assert sum((gathered - expected).values()) <= 1
-        assert set(per_rank[0]) & set(per_rank[1]) <= {i for i, c in expected.items() if c > 1} | set(gathered - expected)
+        assert set(per_rank[0]) & set(per_rank[1]) <= {i for i, c in expected.items() if c > 1} | set(
+            gathered - expected
+        )
         served.append(expected)
     assert served[0] != served[1]

@@ -49,12 +49,15 @@ def test_bad_text_files_name_the_line(name: str, text: str, named: str, tmp_path
         read_sequences(tmp_path / name, 30)
 
 
-@pytest.mark.parametrize(("array", "named"), [
-    (np.zeros((4, 29), dtype=np.int64), r"shape \(N, 30\), got \(4, 29\)"),
-    (np.zeros((4, 30), dtype=np.float32), "integers 0-9, got dtype float32"),
-    (np.vstack([np.zeros((2, 30), int), np.full((1, 30), 12)]), "row 2, column 0: 12 is not a digit 0-9"),
-    (np.zeros((0, 30), dtype=np.int64), "holds no sequences"),
-])
+@pytest.mark.parametrize(
+    ("array", "named"),
+    [
+        (np.zeros((4, 29), dtype=np.int64), r"shape \(N, 30\), got \(4, 29\)"),
+        (np.zeros((4, 30), dtype=np.float32), "integers 0-9, got dtype float32"),
+        (np.vstack([np.zeros((2, 30), int), np.full((1, 30), 12)]), "row 2, column 0: 12 is not a digit 0-9"),
+        (np.zeros((0, 30), dtype=np.int64), "holds no sequences"),
+    ],
+)
 def test_bad_npy_files_name_the_row(array: np.ndarray, named: str, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", array)
     with pytest.raises(ValueError, match=named):
@@ -90,13 +93,19 @@ def test_missing_binary_and_pickled_files(tmp_path: Path) -> None:
         read_sequences(tmp_path / "obj.npy", 30)
 
 
-@pytest.mark.parametrize(("digits", "message"), [
-    (np.zeros((3, 29), dtype=int), r"digits must have shape \(N, 30\), got \(3, 29\)"),
-    (np.zeros(30, dtype=int), r"shape \(N, 30\), got \(30,\)"),
-    (np.zeros((2, 30), dtype=bool), "integers 0-9, got dtype bool"),
-    (torch.zeros(2, 30), "integers 0-9, got dtype torch.float32"),
-    (np.vstack([np.zeros((1, 30), int), np.r_[np.zeros(29, int), -1][None]]), "row 1, column 29: -1 is not a digit 0-9"),
-])
+@pytest.mark.parametrize(
+    ("digits", "message"),
+    [
+        (np.zeros((3, 29), dtype=int), r"digits must have shape \(N, 30\), got \(3, 29\)"),
+        (np.zeros(30, dtype=int), r"shape \(N, 30\), got \(30,\)"),
+        (np.zeros((2, 30), dtype=bool), "integers 0-9, got dtype bool"),
+        (torch.zeros(2, 30), "integers 0-9, got dtype torch.float32"),
+        (
+            np.vstack([np.zeros((1, 30), int), np.r_[np.zeros(29, int), -1][None]]),
+            "row 1, column 29: -1 is not a digit 0-9",
+        ),
+    ],
+)
 def test_check_digits_names_the_problem(digits: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_digits(digits, 30)
@@ -106,7 +115,10 @@ def test_check_digits_names_the_problem(digits: np.ndarray, message: str) -> Non
 def test_check_fits_names_the_key_both_values_and_the_fix() -> None:
     check_fits({"seq_len": 30, "layout": "flat"}, {"seq_len": 30, "layout": "flat", "batch_size": 5})
     check_fits({"seq_len": 30}, {"seq_len": None})  # nothing to compare
-    with pytest.raises(ValueError, match="the model reads layout='flat' but data.layout is 'sequence': use --data.layout flat with x.ckpt"):
+    with pytest.raises(
+        ValueError,
+        match="the model reads layout='flat' but data.layout is 'sequence': use --data.layout flat with x.ckpt",
+    ):
         check_fits({"seq_len": 30, "layout": "flat"}, {"seq_len": 30, "layout": "sequence"}, " with x.ckpt")
 
 
@@ -117,16 +129,18 @@ def text_forms(rows: np.ndarray) -> dict[str, bytes]:
     return {
         "strings": "".join(s + "\n" for s in strings).encode(),
         "commas, CRLF, no last line end": "\r\n".join(commas).encode(),
-        "mixed forms and spaces": "".join((s if i % 3 else " " + c.replace(",", " , ", 2)) + "\n"
-                                          for i, (s, c) in enumerate(zip(strings, commas))).encode(),
+        "mixed forms and spaces": "".join(
+            (s if i % 3 else " " + c.replace(",", " , ", 2)) + "\n" for i, (s, c) in enumerate(zip(strings, commas))
+        ).encode(),
         "BOM and trailing blank lines": b"\xef\xbb\xbf" + "".join(s + "\n" for s in strings).encode() + b"\n \n\n",
     }
 
 
 @pytest.mark.parametrize("block", [7, 100, 4 * 2**20])
 @pytest.mark.parametrize("form", list(text_forms(DIGITS[:2])))
-def test_text_files_read_alike_whatever_the_block_size(form: str, block: int, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_files_read_alike_whatever_the_block_size(
+    form: str, block: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightsum.data import sequences
 
     monkeypatch.setattr(sequences, "_TEXT_BLOCK", block)  # 7: lines longer than a block, in the checks' words
@@ -139,8 +153,9 @@ def test_text_files_read_alike_whatever_the_block_size(form: str, block: int, tm
 
 
 @pytest.mark.parametrize("block", [64, 4 * 2**20])
-def test_a_blank_line_is_refused_wherever_the_next_sequence_is(block: int, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_blank_line_is_refused_wherever_the_next_sequence_is(
+    block: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightsum.data import sequences
 
     monkeypatch.setattr(sequences, "_TEXT_BLOCK", block)
@@ -171,7 +186,9 @@ def test_npy_integer_types_and_orders(dtype: str, order: str, tmp_path: Path, mo
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_the_first_bad_npy_value_by_row_in_either_order(order: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_first_bad_npy_value_by_row_in_either_order(
+    order: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightsum.data import sequences
 
     monkeypatch.setattr(sequences, "_NPY_VALUES", 1000)
@@ -182,11 +199,14 @@ def test_the_first_bad_npy_value_by_row_in_either_order(order: str, tmp_path: Pa
         read_sequences(path, 30)
 
 
-@pytest.mark.parametrize(("raw", "named"), [
-    (b"\x93NUMPY\x09\x00" + b" " * 100, r"not a readable .npy array \(unknown format version 9.0\)"),
-    (b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8'\n", r"not a readable .npy array \("),
-    (b"3,4,5,6,7,8,9\n", r"not a readable .npy array \(the magic string is not correct"),
-])
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (b"\x93NUMPY\x09\x00" + b" " * 100, r"not a readable .npy array \(unknown format version 9.0\)"),
+        (b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8'\n", r"not a readable .npy array \("),
+        (b"3,4,5,6,7,8,9\n", r"not a readable .npy array \(the magic string is not correct"),
+    ],
+)
 def test_damaged_npy_headers(raw: bytes, named: str, tmp_path: Path) -> None:
     (path := tmp_path / "x.npy").write_bytes(raw)
     with pytest.raises(ValueError, match=named):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, scalars, tiny
+
 from lightsum.checkpoints import read_checkpoint
 from lightsum.cli import main
 
@@ -35,16 +35,28 @@ def slurm_env(tmp_path: Path) -> dict[str, str]:
     return {
         **env,
         "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}",
-        "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "lightsum", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_ID": JOB_ID,
+        "SLURM_JOB_NAME": "lightsum",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NUM_NODES": "1",
         "SLURM_NODELIST": "127.0.0.1",
     }
 
 
 def launch(root: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
     # The command an sbatch script would run, unchanged between the first run and the requeued one.
-    return subprocess.Popen([sys.executable, "-m", "lightsum", "fit", *tiny(root, epochs=EPOCHS), "--data.num_samples=4000",
-                             *extra], cwd=root.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightsum", "fit", *tiny(root, epochs=EPOCHS), "--data.num_samples=4000", *extra],
+        cwd=root.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -63,10 +75,23 @@ def test_sigusr1_saves_at_a_batch_boundary_requeues_and_the_requeued_job_ends_ex
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stdout.read()[-3000:]
     run_dir = root / "default" / f"slurm_{JOB_ID}"  # named after the job: the same folder after a requeue
     # A test callback holds the job at the end of epoch 1's 5th batch (of 13) until the signal is sent.
-    paused = {**env, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-              "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests"}
-    pause = {"loop": "train", "batch": 5, "epoch": 1, "marker": str(tmp_path / "paused"), "release": str(tmp_path / "release")}
-    proc = launch(root, paused, "--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}]))
+    paused = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests",
+    }
+    pause = {
+        "loop": "train",
+        "batch": 5,
+        "epoch": 1,
+        "marker": str(tmp_path / "paused"),
+        "release": str(tmp_path / "release"),
+    }
+    proc = launch(
+        root,
+        paused,
+        "--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}]),
+    )
     wait_for((tmp_path / "paused").exists, proc)
     proc.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit (--signal=SIGUSR1@90)
     (tmp_path / "release").touch()
@@ -98,7 +123,7 @@ def test_sigusr1_saves_at_a_batch_boundary_requeues_and_the_requeued_job_ends_ex
 def test_the_sbatch_script_asks_for_the_signal_and_its_command_parses(capsys) -> None:
     script = (REPO / "scripts" / "lightsum.sbatch").read_text()
     assert "#SBATCH --signal=SIGUSR1@90" in script and "#SBATCH --requeue" in script
-    command = script[script.index("srun python -m lightsum"):].replace("\\\n", " ")
+    command = script[script.index("srun python -m lightsum") :].replace("\\\n", " ")
     args = command.replace('"$SLURM_NTASKS_PER_NODE"', "4").replace('"$SLURM_JOB_NUM_NODES"', "2").replace('"$@"', "")
     args = args.split()[4:]  # after "srun python -m lightsum"
     with pytest.raises(SystemExit) as exit_info:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import REPO, scalars, tiny
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from conftest import REPO, scalars, tiny
 from lightsum import SumClassifier, SumDataModule
 from lightsum.callbacks import PredictionCSV, Preemption
 from lightsum.callbacks.preemption import STOP_SIGNALS, Stopped, stop_at_once
@@ -33,8 +33,9 @@ class PauseAt(pl.Callback):
     so that a test can signal a process known to be inside that loop. ``loop`` is one of ``LOOPS``
     ("sanity": fit's sanity check, "validation": fit's or validate's own)."""
 
-    def __init__(self, loop: str, batch: int, epoch: int = 0, signum: int | None = None, marker: str = "",
-                 release: str = "") -> None:
+    def __init__(
+        self, loop: str, batch: int, epoch: int = 0, signum: int | None = None, marker: str = "", release: str = ""
+    ) -> None:
         assert loop in LOOPS
         self.loop, self.batch, self.epoch, self.signum = loop, batch, epoch, signum
         self.marker, self.release = marker, release
@@ -78,8 +79,16 @@ def tags(run_dir: Path, stage: str) -> list[str]:
 
 # -- in process (fast) ------------------------------------------------------------------------------
 
-SMALL = {"num_samples": 1200, "val_fraction": 0.2, "batch_size": 64, "test_samples": 384, "eval_batch_size": 64,
-         "layout": "flat", "calibration_per_sum": 0, "boundary_per_sum": 0}
+SMALL = {
+    "num_samples": 1200,
+    "val_fraction": 0.2,
+    "batch_size": 64,
+    "test_samples": 384,
+    "eval_batch_size": 64,
+    "layout": "flat",
+    "calibration_per_sum": 0,
+    "boundary_per_sum": 0,
+}
 BATCHES = {"test": 6, "predict": 6, "validate": 4}  # 384 test sequences, 240 validation sequences
 
 
@@ -96,35 +105,46 @@ def evaluate(stage: str, callback: pl.Callback, root: Path) -> Path:
     model = SumClassifier(hidden_size=4, layout="flat")
     out = root / "predictions.csv"
     callbacks = [callback, Preemption(), *([PredictionCSV(str(out))] if stage == "predict" else [])]
-    trainer = pl.Trainer(logger=TensorBoardLogger(root, name="run", version=0), callbacks=callbacks,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        logger=TensorBoardLogger(root, name="run", version=0),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     getattr(trainer, stage)(model, datamodule=SumDataModule(**SMALL))
     return root / "run" / "version_0"
 
 
-@pytest.mark.parametrize(("stage", "signum", "kept"), [
-    ("test", signal.SIGTERM, "no metrics logged"),
-    ("validate", signal.SIGHUP, "no metrics logged"),
-    ("predict", signal.SIGINT, "no predictions written"),
-])
+@pytest.mark.parametrize(
+    ("stage", "signum", "kept"),
+    [
+        ("test", signal.SIGTERM, "no metrics logged"),
+        ("validate", signal.SIGHUP, "no metrics logged"),
+        ("predict", signal.SIGINT, "no predictions written"),
+    ],
+)
 def test_an_evaluation_stops_at_the_next_batch_and_keeps_nothing_half_written(stage, signum, kept, tmp_path, capsys):
     handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     loop = "validation" if stage == "validate" else stage
     with pytest.raises(Stopped) as stopped:
-        run_dir = evaluate(stage, PauseAt(loop, 2, signum=signum), tmp_path)
+        evaluate(stage, PauseAt(loop, 2, signum=signum), tmp_path)
     assert stopped.value.code == 128 + signum
     assert stop_line(capsys.readouterr().err) == (
-        f"lightsum: stopped by {signal.Signals(signum).name} during {stage}, after 2 of {BATCHES[stage]} batches: {kept}")
+        f"lightsum: stopped by {signal.Signals(signum).name} during {stage}, after 2 of {BATCHES[stage]} batches: {kept}"
+    )
     assert not (tmp_path / "predictions.csv").exists() and not list(tmp_path.glob(".predictions.csv.*"))
     assert tags(tmp_path / "run" / "version_0", "test" if stage == "test" else "val") == []
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the process's own handlers given back
 
 
-@pytest.mark.parametrize(("hook", "line", "logged"), [
-    (None, None, True),  # not stopped: the checks below see the metrics a stop prevents
-    ("on_test_epoch_end", "during test, after 6 of 6 batches: no metrics logged", False),
-    ("on_test_end", "as test finished: its metrics are logged", True),  # after the last check: the exit code still
-])
+@pytest.mark.parametrize(
+    ("hook", "line", "logged"),
+    [
+        (None, None, True),  # not stopped: the checks below see the metrics a stop prevents
+        ("on_test_epoch_end", "during test, after 6 of 6 batches: no metrics logged", False),
+        ("on_test_end", "as test finished: its metrics are logged", True),  # after the last check: the exit code still
+    ],
+)
 def test_a_stop_request_after_the_last_batch(hook, line, logged, tmp_path, capsys) -> None:
     def run() -> None:
         evaluate("test", SignalIn(hook, signal.SIGTERM) if hook else pl.Callback(), tmp_path)
@@ -144,16 +164,25 @@ class AdamClassifier(SumClassifier):
 
 
 def fit(root: Path, callback: pl.Callback, epochs: int = 1) -> pl.Trainer:
-    trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=3, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[callback, Preemption(), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)])
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback, Preemption(), ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
     trainer.fit(AdamClassifier(hidden_size=4, layout="flat"), datamodule=SumDataModule(**SMALL))
     return trainer
 
 
-@pytest.mark.parametrize(("callback", "line"), [
-    (PauseAt("sanity", 1, signum=signal.SIGHUP), "SIGHUP during fit's sanity check, after 1 of 2 batches"),
-    (SignalIn("on_sanity_check_end", signal.SIGTERM), "SIGTERM before training started"),
-])
+@pytest.mark.parametrize(
+    ("callback", "line"),
+    [
+        (PauseAt("sanity", 1, signum=signal.SIGHUP), "SIGHUP during fit's sanity check, after 1 of 2 batches"),
+        (SignalIn("on_sanity_check_end", signal.SIGTERM), "SIGTERM before training started"),
+    ],
+)
 def test_a_stop_before_the_first_training_batch_trains_and_saves_nothing(callback, line, tmp_path, capsys) -> None:
     with pytest.raises(Stopped) as stopped:
         fit(tmp_path, callback)
@@ -162,10 +191,16 @@ def test_a_stop_before_the_first_training_batch_trains_and_saves_nothing(callbac
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-@pytest.mark.parametrize(("epochs", "line"), [
-    (2, "after epoch 0 and its validation; saved {last}: the same command with --ckpt_path last continues from there"),
-    (1, "after the last epoch and its validation: training is complete, its checkpoints are in {last.parent}"),
-])
+@pytest.mark.parametrize(
+    ("epochs", "line"),
+    [
+        (
+            2,
+            "after epoch 0 and its validation; saved {last}: the same command with --ckpt_path last continues from there",
+        ),
+        (1, "after the last epoch and its validation: training is complete, its checkpoints are in {last.parent}"),
+    ],
+)
 def test_a_stop_during_fits_validation_lets_the_epoch_end_save_then_exits(epochs, line, tmp_path, capsys) -> None:
     last = tmp_path / "ckpt" / "last.ckpt"
     with pytest.raises(Stopped) as stopped:
@@ -197,11 +232,22 @@ def lightsum(command: str, root: Path, *extra: str, pause: dict | None = None) -
     """``python -m lightsum COMMAND`` on tiny data under ``root``, with a ``PauseAt(**pause)`` callback."""
     args = [*tiny(root, epochs=EPOCHS), *DATA, *extra]
     if pause:
-        args.append("--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-           "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests"}  # the test's own callback: outside lightsum's allow-list
-    return subprocess.Popen([sys.executable, "-m", "lightsum", command, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        args.append(
+            "--trainer.callbacks=" + json.dumps([{"class_path": "test_stop_requests.PauseAt", "init_args": pause}])
+        )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "LIGHTSUM_ALLOW_IMPORTS": "test_stop_requests",
+    }  # the test's own callback: outside lightsum's allow-list
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightsum", command, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def signal_when_paused(proc: subprocess.Popen, tmp: Path, signum: int) -> str:
@@ -220,7 +266,13 @@ def signal_when_paused(proc: subprocess.Popen, tmp: Path, signum: int) -> str:
 def pause(tmp: Path, loop: str, batch: int, epoch: int = 0) -> dict:
     for name in ("paused", "release"):
         (tmp / name).unlink(missing_ok=True)
-    return {"loop": loop, "batch": batch, "epoch": epoch, "marker": str(tmp / "paused"), "release": str(tmp / "release")}
+    return {
+        "loop": loop,
+        "batch": batch,
+        "epoch": epoch,
+        "marker": str(tmp / "paused"),
+        "release": str(tmp / "release"),
+    }
 
 
 def finished(proc: subprocess.Popen) -> str:
@@ -238,21 +290,32 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("command", "loop", "signum", "kept"), [
-    ("test", "test", signal.SIGTERM, "no metrics logged"),
-    ("validate", "validation", signal.SIGHUP, "no metrics logged"),
-    ("predict", "predict", signal.SIGINT, "no predictions written"),
-])
-def test_a_signalled_evaluation_exits_128_plus_the_signal_and_writes_nothing(command, loop, signum, kept, trained,
-                                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "loop", "signum", "kept"),
+    [
+        ("test", "test", signal.SIGTERM, "no metrics logged"),
+        ("validate", "validation", signal.SIGHUP, "no metrics logged"),
+        ("predict", "predict", signal.SIGINT, "no predictions written"),
+    ],
+)
+def test_a_signalled_evaluation_exits_128_plus_the_signal_and_writes_nothing(
+    command, loop, signum, kept, trained, tmp_path: Path
+) -> None:
     before = {tag: len(points) for tag, points in scalars(trained).items()}
     output = tmp_path / "predictions.csv"
     ckpt = trained / "checkpoints" / "last.ckpt"
-    proc = lightsum(command, trained.parent.parent, f"--ckpt_path={ckpt}", *(
-        [f"--predictions.path={output}"] if command == "predict" else []), pause=pause(tmp_path, loop, 2))
+    proc = lightsum(
+        command,
+        trained.parent.parent,
+        f"--ckpt_path={ckpt}",
+        *([f"--predictions.path={output}"] if command == "predict" else []),
+        pause=pause(tmp_path, loop, 2),
+    )
     stderr = signal_when_paused(proc, tmp_path, signum)
     assert proc.returncode == 128 + signum, stderr[-3000:]
-    assert stop_line(stderr).startswith(f"lightsum: stopped by {signal.Signals(signum).name} during {command}, after 2 of ")
+    assert stop_line(stderr).startswith(
+        f"lightsum: stopped by {signal.Signals(signum).name} during {command}, after 2 of "
+    )
     assert stop_line(stderr).endswith(f" batches: {kept}")
     assert not output.exists() and not list(tmp_path.glob(".predictions.csv.*"))
     assert {tag: len(points) for tag, points in scalars(trained).items()} == before  # no metric logged
@@ -263,9 +326,16 @@ def test_under_ddp_a_signalled_evaluation_stops_every_rank(trained, tmp_path: Pa
     # 513 test sequences: rank 0 has 257 (5 batches of 64), rank 1 256 (4). Rank 0 is signalled in the
     # batch rank 1 lacks: the stop waits for the loop's end, where both ranks decide it together.
     before = {tag: len(points) for tag, points in scalars(trained).items()}
-    proc = lightsum("test", trained.parent.parent, f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
-                    "--config", str(REPO / "configs" / "ddp.yaml"), "--trainer.accelerator=cpu",
-                    "--data.test_samples=513", pause=pause(tmp_path, "test", 5))
+    proc = lightsum(
+        "test",
+        trained.parent.parent,
+        f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+        "--config",
+        str(REPO / "configs" / "ddp.yaml"),
+        "--trainer.accelerator=cpu",
+        "--data.test_samples=513",
+        pause=pause(tmp_path, "test", 5),
+    )
     stderr = signal_when_paused(proc, tmp_path, signal.SIGTERM)
     assert proc.returncode == 143, stderr[-3000:]
     assert stop_line(stderr) == "lightsum: stopped by SIGTERM during test, after 5 of 5 batches: no metrics logged"
@@ -277,8 +347,9 @@ def test_a_signal_during_the_sanity_check_exits_and_saves_nothing(tmp_path: Path
     proc = lightsum("fit", tmp_path / "logs", pause=pause(tmp_path, "sanity", 1))
     stderr = signal_when_paused(proc, tmp_path, signal.SIGTERM)
     assert proc.returncode == 143, stderr[-3000:]
-    assert stop_line(stderr) == ("lightsum: stopped by SIGTERM during fit's sanity check, after 1 of 2 batches: "
-                                 "nothing trained, nothing saved")
+    assert stop_line(stderr) == (
+        "lightsum: stopped by SIGTERM during fit's sanity check, after 1 of 2 batches: nothing trained, nothing saved"
+    )
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
@@ -289,8 +360,10 @@ def test_a_signal_during_the_last_validation_exits_non_zero_after_the_last_check
     proc = lightsum("fit", tmp_path / "logs", pause=pause(tmp_path, "validation", 1, epoch=EPOCHS - 1))
     stderr = signal_when_paused(proc, tmp_path, signal.SIGINT)
     assert proc.returncode == 130, stderr[-3000:]
-    assert stop_line(stderr) == ("lightsum: stopped by SIGINT after the last epoch and its validation: training is "
-                                 f"complete, its checkpoints are in {run_dir / 'checkpoints'}")
+    assert stop_line(stderr) == (
+        "lightsum: stopped by SIGINT after the last epoch and its validation: training is "
+        f"complete, its checkpoints are in {run_dir / 'checkpoints'}"
+    )
     # The last epoch's validation finished and its checkpoints were written as usual: this run is the
     # run never stopped, metrics and weights.
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -310,21 +383,28 @@ def accumulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("batch", "stops_after", "step"), [
-    (14, "batch 16 of epoch 1", 8 + 4),  # inside the window of batches 13-16: at its end
-    (29, "epoch 1 and its validation", 8 + 8),  # inside the epoch's last, short window (29-30): at the epoch's end
-])
-def test_a_stop_inside_an_accumulation_window_waits_for_its_end_and_resumes_exactly(batch, stops_after, step, accumulated,
-                                                                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("batch", "stops_after", "step"),
+    [
+        (14, "batch 16 of epoch 1", 8 + 4),  # inside the window of batches 13-16: at its end
+        (29, "epoch 1 and its validation", 8 + 8),  # inside the epoch's last, short window (29-30): at the epoch's end
+    ],
+)
+def test_a_stop_inside_an_accumulation_window_waits_for_its_end_and_resumes_exactly(
+    batch, stops_after, step, accumulated, tmp_path: Path
+) -> None:
     # Epochs of 30 batches (480 training sequences of 16): 8 optimizer steps, the last after 2 batches.
     run_dir = tmp_path / "logs" / "default" / "version_0"
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = lightsum("fit", tmp_path / "logs", "--trainer.accumulate_grad_batches=4",
-                    pause=pause(tmp_path, "train", batch, epoch=1))
+    proc = lightsum(
+        "fit", tmp_path / "logs", "--trainer.accumulate_grad_batches=4", pause=pause(tmp_path, "train", batch, epoch=1)
+    )
     stderr = signal_when_paused(proc, tmp_path, signal.SIGTERM)
     assert proc.returncode == 143, stderr[-3000:]
-    assert stop_line(stderr) == (f"lightsum: stopped by SIGTERM after {stops_after}; saved {last}: the same command "
-                                 "with --ckpt_path last continues from there")
+    assert stop_line(stderr) == (
+        f"lightsum: stopped by SIGTERM after {stops_after}; saved {last}: the same command "
+        "with --ckpt_path last continues from there"
+    )
     assert read_checkpoint(str(last))["global_step"] == step
     finished(lightsum("fit", tmp_path / "logs", "--trainer.accumulate_grad_batches=4", "--ckpt_path=last"))
     expected = torch.load(accumulated / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

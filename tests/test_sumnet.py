@@ -14,7 +14,6 @@ from lightsum.nn import SumNet
 from lightsum.nn import lstm as lstm_module
 from lightsum.nn import sumnet as sumnet_module
 
-
 # --------------------------------------------------------------------------- initialisation
 
 

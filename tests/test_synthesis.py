@@ -146,9 +146,7 @@ def test_zero_samples() -> None:
     assert class_digits(0, 1, 30, 100, gen()).shape == (0, 30)
 
 
-@pytest.mark.parametrize(
-    ("label", "threshold"), [(0, 0), (0, -5), (1, 271), (1, 1000)]
-)
+@pytest.mark.parametrize(("label", "threshold"), [(0, 0), (0, -5), (1, 271), (1, 1000)])
 def test_impossible_class_is_an_error(label: int, threshold: int) -> None:
     with pytest.raises(ValueError, match=f"label {label} .* is impossible for seq_len=30"):
         class_digits(10, label, 30, threshold, gen())
@@ -183,8 +181,12 @@ def test_sum_probabilities_are_the_exact_counts_over_ten_to_the_length() -> None
     p = sum_probabilities(30)
     assert p.shape == (271,) and float(p.sum()) == pytest.approx(1.0, abs=1e-12)
     assert float(p[:100].sum()) == pytest.approx(class_probability(30, 100), rel=1e-12)
-    assert torch.equal(sum_probabilities(2), torch.tensor([c / 100 for c in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)],
-                                                          dtype=torch.float64))
+    assert torch.equal(
+        sum_probabilities(2),
+        torch.tensor(
+            [c / 100 for c in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)], dtype=torch.float64
+        ),
+    )
 
 
 def test_window_sums_are_uniform_over_the_window_and_clipped_to_possible_sums() -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import scalars
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from conftest import scalars
 from lightsum import SumClassifier, SumDataModule
 from lightsum.callbacks import TrainLoss
 
@@ -31,9 +31,17 @@ class Recorded(SumClassifier):
 def fit(tmp_path, flush_every: int = 50, **trainer) -> tuple[Recorded, pl.Trainer]:
     torch.manual_seed(0)
     model = Recorded(hidden_size=8, dropout=0.0)
-    options = {"max_epochs": 2, "enable_progress_bar": False, "enable_checkpointing": False, "limit_val_batches": 0,
-               "log_every_n_steps": 1, **trainer}
-    t = pl.Trainer(logger=TensorBoardLogger(tmp_path, name="run", version=0), callbacks=[TrainLoss(flush_every)], **options)
+    options = {
+        "max_epochs": 2,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+        **trainer,
+    }
+    t = pl.Trainer(
+        logger=TensorBoardLogger(tmp_path, name="run", version=0), callbacks=[TrainLoss(flush_every)], **options
+    )
     t.fit(model, datamodule=SumDataModule(num_samples=1000, batch_size=64))
     return model, t
 
@@ -44,7 +52,9 @@ def test_every_step_is_logged_once_with_its_loss(tmp_path) -> None:
     assert [s for s, _ in points] == list(range(26)) == list(range(trainer.global_step))
     np.testing.assert_allclose([v for _, v in points], model.step_losses, rtol=1e-6)
     epoch_means = [v for _, v in scalars(tmp_path / "run" / "version_0")["train/loss_epoch"]]
-    np.testing.assert_allclose(epoch_means, [np.mean(model.step_losses[:13]), np.mean(model.step_losses[13:])], rtol=1e-5)
+    np.testing.assert_allclose(
+        epoch_means, [np.mean(model.step_losses[:13]), np.mean(model.step_losses[13:])], rtol=1e-5
+    )
 
 
 def test_log_every_n_steps_and_max_steps_mid_epoch(tmp_path) -> None:
@@ -59,7 +69,7 @@ def test_with_gradient_accumulation_a_point_is_the_mean_of_its_batches(tmp_path)
     assert [s for s, _ in points] == list(range(trainer.global_step)) == list(range(5))
     losses = model.step_losses
     # Lightning divides each batch's loss by accumulate_grad_batches, also in the epoch's short last window.
-    expected = [np.mean(losses[i:i + 3]) for i in range(0, 12, 3)] + [losses[12]]
+    expected = [np.mean(losses[i : i + 3]) for i in range(0, 12, 3)] + [losses[12]]
     np.testing.assert_allclose([v for _, v in points], expected, rtol=1e-5)
 
 
@@ -68,7 +78,16 @@ def test_a_non_finite_training_loss_stops_with_a_clear_error(tmp_path) -> None:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=float("inf"))
 
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         limit_val_batches=0, limit_train_batches=3, callbacks=[TrainLoss()])
-    with pytest.raises(ValueError, match="training diverged: the training loss of epoch 0 is not finite .*lower --optimizer"):
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        limit_train_batches=3,
+        callbacks=[TrainLoss()],
+    )
+    with pytest.raises(
+        ValueError, match="training diverged: the training loss of epoch 0 is not finite .*lower --optimizer"
+    ):
         trainer.fit(Diverging(hidden_size=8), datamodule=SumDataModule(num_samples=2000, batch_size=64))

@@ -14,6 +14,7 @@ from lightsum.report import fraction
 
 _RULES = {"every_n_epochs": (lambda v: v >= 0, ">= 0 (0: no figures)"), "pr_thresholds": (lambda v: v >= 2, ">= 2")}
 
+
 class EvaluationFigures(pl.Callback):
     """After each validation (and test) epoch: a confusion-matrix image and PR curves in TensorBoard.
 
@@ -55,8 +56,13 @@ class EvaluationFigures(pl.Callback):
         epoch, step = evaluated_at(pl_module)  # where this evaluation's scalars are too
         for writer in writers:
             for cls, (labels, scores) in enumerate(((target == 0, 1 - probs), (target == 1, probs))):
-                writer.add_pr_curve(f"{stage}/pr_curve_class_{cls}", labels.numpy(), scores.numpy(), step,
-                                    num_thresholds=self.pr_thresholds)
+                writer.add_pr_curve(
+                    f"{stage}/pr_curve_class_{cls}",
+                    labels.numpy(),
+                    scores.numpy(),
+                    step,
+                    num_thresholds=self.pr_thresholds,
+                )
             image = self._image(matrix, f"{stage}, epoch {epoch}, threshold {threshold:.3g}")
             if image is not None:
                 writer.add_image(f"{stage}/confusion_matrix", image, step, dataformats="HWC")
@@ -69,15 +75,20 @@ class EvaluationFigures(pl.Callback):
                 self._picture = ConfusionMatrixPicture()
             except ImportError:
                 self._has_matplotlib = False
-                rank_zero_warn("matplotlib is not installed: confusion matrices go to the TEXT tab "
-                               "(pip install 'lightsum[report]' for images)")
+                rank_zero_warn(
+                    "matplotlib is not installed: confusion matrices go to the TEXT tab "
+                    "(pip install 'lightsum[report]' for images)"
+                )
         return self._picture(matrix, title) if self._picture is not None else None
 
 
 def confusion_matrix_markdown(matrix: np.ndarray) -> str:
     """A 2x2 confusion matrix (rows: true class, columns: predicted) as a markdown table; a recall
     below 1 never prints as 1.0000 (``report.fraction``)."""
-    rows = [f"| true {c} | {matrix[c, 0]} | {matrix[c, 1]} | {fraction(matrix[c, c] / max(matrix[c].sum(), 1))} |" for c in (0, 1)]
+    rows = [
+        f"| true {c} | {matrix[c, 0]} | {matrix[c, 1]} | {fraction(matrix[c, c] / max(matrix[c].sum(), 1))} |"
+        for c in (0, 1)
+    ]
     return "\n".join(["| | predicted 0 | predicted 1 | recall |", "| --- | --- | --- | --- |", *rows])
 
 

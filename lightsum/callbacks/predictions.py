@@ -7,7 +7,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
@@ -16,7 +16,7 @@ from lightsum.atomic import AtomicFile
 from lightsum.run_folders import run_folder_of
 
 # A file ``predict`` reads, by path; several (a list, e.g. every --config); or None.
-Protected = Union[str, os.PathLike, Iterable[Union[str, os.PathLike, None]], None]
+Protected = str | os.PathLike | Iterable[str | os.PathLike | None] | None
 
 
 def prediction_target(path: str | os.PathLike | None, source: str | os.PathLike | None) -> Path | None:
@@ -91,8 +91,12 @@ def _same_file(real: Path, path: Path) -> bool:
     return False
 
 
-_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                  (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _special_kind(real: Path) -> str | None:
@@ -132,7 +136,10 @@ class PredictionCSV(BasePredictionWriter):
 
     def output_path(self, trainer: pl.Trainer) -> Path:
         run = run_folder_of(trainer.ckpt_path) if trainer.ckpt_path else None
-        return prediction_target(self.path, self.source(trainer)) or (run or Path(trainer.default_root_dir)) / "predictions.csv"
+        return (
+            prediction_target(self.path, self.source(trainer))
+            or (run or Path(trainer.default_root_dir)) / "predictions.csv"
+        )
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -146,8 +153,16 @@ class PredictionCSV(BasePredictionWriter):
         self._out.write("row,probability,label\n")
         self._rows = 0
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         probs = prediction["probability"].float().cpu().tolist()
         labels = prediction["label"].cpu().tolist()
         rows = range(self._rows, self._rows + len(probs))

@@ -115,7 +115,9 @@ class Preemption(pl.Callback):
         self._restore()  # Lightning's teardown, just before, has put back what it found
         if self.signum is not None:  # came after the last check below: the run is complete
             fn = trainer.state.fn.value
-            self._stop(trainer, f"as {fn} finished: {'training is complete' if fn == 'fit' else _KEPT[fn][1]}", complete=True)
+            self._stop(
+                trainer, f"as {fn} finished: {'training is complete' if fn == 'fit' else _KEPT[fn][1]}", complete=True
+            )
 
     # -- fit ----------------------------------------------------------------------------------------
 
@@ -125,8 +127,9 @@ class Preemption(pl.Callback):
         if self._decided(trainer):
             self._stop(trainer, "before training started: nothing trained, nothing saved")
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         stepped, self._step = trainer.global_step != self._step, trainer.global_step
         # Inside an accumulation window the gradient so far is in no checkpoint; after the epoch's
         # last batch the epoch's own end saves it (see on_train_epoch_start). Every rank agrees on
@@ -139,14 +142,19 @@ class Preemption(pl.Callback):
         trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes, through AtomicCheckpointIO
         for logger in trainer.loggers:
             logger.save()  # to disk before a requeue ends the job
-        self._stop(trainer, f"after batch {batch_idx + 1} of epoch {trainer.current_epoch}; saved {path}: "
-                            "the same command with --ckpt_path last continues from there")
+        self._stop(
+            trainer,
+            f"after batch {batch_idx + 1} of epoch {trainer.current_epoch}; saved {path}: "
+            "the same command with --ckpt_path last continues from there",
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The checkpoint callbacks' epoch-end hooks come after this one (Lightning calls them last).
         self._ending_epoch, self._epoch_saved = True, False
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._epoch_saved = self._epoch_saved or self._ending_epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -154,8 +162,11 @@ class Preemption(pl.Callback):
         # Without a checkpoint of the epoch's end (a ModelCheckpoint that saves on validation end or
         # every n epochs), the run stops at the next optimizer step instead, saving there.
         if saved and self._decided(trainer):
-            self._stop(trainer, f"after epoch {trainer.current_epoch - 1} and its validation; saved "
-                                f"{self._newest_ckpt(trainer)}: the same command with --ckpt_path last continues from there")
+            self._stop(
+                trainer,
+                f"after epoch {trainer.current_epoch - 1} and its validation; saved "
+                f"{self._newest_ckpt(trainer)}: the same command with --ckpt_path last continues from there",
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._decided(trainer):
@@ -166,8 +177,9 @@ class Preemption(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":  # fit's validation stops at the epoch's end
-            self._start_evaluation(trainer, trainer.num_sanity_val_batches if trainer.sanity_checking
-                                   else trainer.num_val_batches)
+            self._start_evaluation(
+                trainer, trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+            )
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_evaluation(trainer, trainer.num_test_batches)
@@ -175,17 +187,38 @@ class Preemption(pl.Callback):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_evaluation(trainer, trainer.num_predict_batches)
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             self._evaluation_batch_end(trainer)
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._evaluation_batch_end(trainer)
 
-    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._evaluation_batch_end(trainer)
 
     # The epoch-end hooks come before metrics are logged (the module's own epoch-end hook, after the
@@ -250,7 +283,10 @@ class Preemption(pl.Callback):
     @staticmethod
     def _last_ckpt(trainer: pl.Trainer) -> Path:
         callback = trainer.checkpoint_callback
-        return Path(callback.dirpath if callback is not None and callback.dirpath else trainer.default_root_dir) / "last.ckpt"
+        return (
+            Path(callback.dirpath if callback is not None and callback.dirpath else trainer.default_root_dir)
+            / "last.ckpt"
+        )
 
     def _newest_ckpt(self, trainer: pl.Trainer) -> Path:
         """The checkpoint written last in the checkpoint folder: the one ``--ckpt_path last`` resumes."""

@@ -41,7 +41,9 @@ class TrainLoss(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_sum, self._epoch_steps = None, 0
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._flush(trainer)  # a checkpoint's curve is complete up to it, even if the process dies next
 
     def state_dict(self) -> dict[str, Any]:
@@ -51,8 +53,9 @@ class TrainLoss(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._epoch_sum, self._epoch_steps = state_dict["epoch_sum"], state_dict["epoch_steps"]
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Lightning hands over the loss detached and divided by accumulate_grad_batches.
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         if loss is None:

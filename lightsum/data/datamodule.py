@@ -59,9 +59,11 @@ def check_memory(needed: int) -> None:
     """Refuse, in one line, a data configuration the machine cannot hold."""
     available = available_memory()
     if available is not None and needed > available:
-        raise ValueError(f"data: these sizes need about {needed / 1e9:.1f} GB of memory to generate and serve "
-                         f"(data.num_samples, data.test_samples, data.seq_len, data.sampling); this machine has "
-                         f"{available / 1e9:.1f} GB available: use a smaller data.num_samples")
+        raise ValueError(
+            f"data: these sizes need about {needed / 1e9:.1f} GB of memory to generate and serve "
+            f"(data.num_samples, data.test_samples, data.seq_len, data.sampling); this machine has "
+            f"{available / 1e9:.1f} GB available: use a smaller data.num_samples"
+        )
 
 
 def stream(seed: int, split: str, epoch: int | None = None) -> torch.Generator:
@@ -84,8 +86,8 @@ def labels_of(digits: torch.Tensor, threshold: int) -> torch.Tensor:
     """
     labels = torch.empty(len(digits), dtype=torch.uint8, device=digits.device)
     for start in range(0, len(digits), _LABEL_CHUNK):
-        chunk = digits[start:start + _LABEL_CHUNK]
-        labels[start:start + _LABEL_CHUNK] = chunk.sum(dim=1, dtype=torch.int32) >= threshold
+        chunk = digits[start : start + _LABEL_CHUNK]
+        labels[start : start + _LABEL_CHUNK] = chunk.sum(dim=1, dtype=torch.int32) >= threshold
     return labels
 
 
@@ -99,8 +101,13 @@ class DigitBatches(Dataset):
     and its part (``NATURAL``, ``CALIBRATION`` or ``BOUNDARY``).
     """
 
-    def __init__(self, digits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-                 parts: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        digits: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        parts: torch.Tensor | None = None,
+    ) -> None:
         self.digits, self.labels, self.weights, self.parts = digits, labels, weights, parts
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -150,8 +157,13 @@ class ResumableLoader(DataLoader):
             the skip): the data module redraws its boundary rows for the epoch there.
     """
 
-    def __init__(self, *args, trained_batches: Callable[[], int] | None = None,
-                 before_epoch: Callable[[], None] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        trained_batches: Callable[[], int] | None = None,
+        before_epoch: Callable[[], None] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.trained_batches = trained_batches
         self.before_epoch = before_epoch
@@ -349,7 +361,7 @@ class SumDataModule(pl.LightningDataModule):
             if h.train_distribution == "boundary":
                 # A uniformly random placement of the boundary rows, each drawn exactly for a sum
                 # uniform over the window (no rejection).
-                rows = torch.randperm(self.num_train, generator=g)[:round(self.num_train * h.boundary_share)]
+                rows = torch.randperm(self.num_train, generator=g)[: round(self.num_train * h.boundary_share)]
                 self.boundary_rows = rows
                 self.boundary_sums = window_sums(len(rows), *self.window, h.seq_len, g)
                 for chunk, sums in zip(rows.split(_SYNTHESIS_CHUNK), self.boundary_sums.split(_SYNTHESIS_CHUNK)):
@@ -417,8 +429,10 @@ class SumDataModule(pl.LightningDataModule):
             return None
         lo, hi = self.window
         digits = digits_per_sum(lo, hi, h.calibration_per_sum, h.seq_len, stream(h.seed, "calibration"))
-        p = sum_probabilities(h.seq_len)[lo:hi + 1] / h.calibration_per_sum
-        return DigitBatches(digits, labels_of(digits, h.threshold), p.to(torch.float32).repeat_interleave(h.calibration_per_sum))
+        p = sum_probabilities(h.seq_len)[lo : hi + 1] / h.calibration_per_sum
+        return DigitBatches(
+            digits, labels_of(digits, h.threshold), p.to(torch.float32).repeat_interleave(h.calibration_per_sum)
+        )
 
     def load_predict_file(self) -> None:
         """Read and check ``predict_path`` now (``setup("predict")`` does it otherwise). The CLI
@@ -448,14 +462,26 @@ class SumDataModule(pl.LightningDataModule):
             if split is not None and split.digits.device != device:
                 split.to(device)
 
-    def _loader(self, dataset: DigitBatches, batch_size: int, sampler: Sampler | None = None,
-                loader: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+    def _loader(
+        self,
+        dataset: DigitBatches,
+        batch_size: int,
+        sampler: Sampler | None = None,
+        loader: type[DataLoader] = DataLoader,
+        **kwargs,
+    ) -> DataLoader:
         # num_workers=0: for in-memory tensors worker processes only add IPC cost. A generator of
         # its own: a DataLoader otherwise draws a seed from the global RNG each time an epoch starts,
         # shifting the dropout masks of everything after it (and a resumed run would draw it at
         # another moment than the run it continues).
-        return loader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_batch_as_is,
-                      generator=torch.Generator().manual_seed(self.hparams.seed), **kwargs)
+        return loader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_batch_as_is,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+            **kwargs,
+        )
 
     def _eval_loader(self, dataset: DigitBatches) -> DataLoader:
         trainer = self.trainer
@@ -471,8 +497,14 @@ class SumDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         redraw = self.boundary_rows is not None and self.hparams.boundary_redraw
-        return self._loader(self.train_set, self.hparams.batch_size, self.epoch_sampler, ResumableLoader,
-                            trained_batches=self.trained_batches, before_epoch=self.redraw_boundary if redraw else None)
+        return self._loader(
+            self.train_set,
+            self.hparams.batch_size,
+            self.epoch_sampler,
+            ResumableLoader,
+            trained_batches=self.trained_batches,
+            before_epoch=self.redraw_boundary if redraw else None,
+        )
 
     def joined_validation_set(self) -> DigitBatches:
         """The natural validation set, the calibration and the boundary sets where they exist, as one
@@ -481,8 +513,11 @@ class SumDataModule(pl.LightningDataModule):
         validation loop, not one per part. The parts are interleaved evenly (each keeps its order),
         so a partial validation (``limit_val_batches``) scores the same share of every part."""
         natural = self.val_set
-        extra = [(code, part) for code, part in ((CALIBRATION, self.calibration_set), (BOUNDARY, self.boundary_set))
-                 if part is not None]
+        extra = [
+            (code, part)
+            for code, part in ((CALIBRATION, self.calibration_set), (BOUNDARY, self.boundary_set))
+            if part is not None
+        ]
         if not extra:
             return natural
         # A natural sequence weighs 1 / the set's size, or 0 inside the window when the calibration
@@ -497,10 +532,15 @@ class SumDataModule(pl.LightningDataModule):
         codes = [NATURAL, *(code for code, _ in extra)]
         weights += [part.weights if code == CALIBRATION else torch.zeros(len(part)) for code, part in extra]
         # Sequence k of a part of n sits at (k + 0.5) / n of the way through the joined set.
-        order = torch.cat([(torch.arange(len(p), dtype=torch.float64) + 0.5) / len(p) for p in parts]).argsort(stable=True)
-        return DigitBatches(torch.cat([p.digits for p in parts])[order], torch.cat([p.labels for p in parts])[order],
-                            torch.cat(weights).to(torch.float32)[order],
-                            torch.cat([torch.full((len(p),), c, dtype=torch.uint8) for p, c in zip(parts, codes)])[order])
+        order = torch.cat([(torch.arange(len(p), dtype=torch.float64) + 0.5) / len(p) for p in parts]).argsort(
+            stable=True
+        )
+        return DigitBatches(
+            torch.cat([p.digits for p in parts])[order],
+            torch.cat([p.labels for p in parts])[order],
+            torch.cat(weights).to(torch.float32)[order],
+            torch.cat([torch.full((len(p),), c, dtype=torch.uint8) for p, c in zip(parts, codes)])[order],
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.validation_set)

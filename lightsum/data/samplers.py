@@ -83,15 +83,19 @@ class ResampledSampler(Sampler[int]):
         elif self.sampling == "weighted":
             minority, majority = len(self.minority), len(self.majority)
             # P(draw is minority) = ratio / (1 + ratio) gives the wanted expected class ratio.
-            weights = torch.cat([
-                torch.full((minority,), self.ratio / (1 + self.ratio) / minority, dtype=torch.float64),
-                torch.full((majority,), 1 / (1 + self.ratio) / majority, dtype=torch.float64),
-            ])
+            weights = torch.cat(
+                [
+                    torch.full((minority,), self.ratio / (1 + self.ratio) / minority, dtype=torch.float64),
+                    torch.full((majority,), 1 / (1 + self.ratio) / majority, dtype=torch.float64),
+                ]
+            )
             pool = torch.cat([self.minority, self.majority])
             indices = pool[torch.multinomial(weights, n, replacement=True, generator=g)]
         else:
             extra = self.n_minority - len(self.minority)
-            minority = torch.cat([self.minority, self.minority[torch.randint(len(self.minority), (extra,), generator=g)]])
+            minority = torch.cat(
+                [self.minority, self.minority[torch.randint(len(self.minority), (extra,), generator=g)]]
+            )
             majority = self.majority[torch.randperm(len(self.majority), generator=g)[: self.n_majority]]
             pool = torch.cat([minority, majority])
             indices = pool[torch.randperm(len(pool), generator=g)]

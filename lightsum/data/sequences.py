@@ -48,8 +48,10 @@ def check_fits(model: Mapping[str, Any], data: Mapping[str, Any], remedy: str = 
     """
     for key in SHAPE_KEYS:
         if key in model and data.get(key) is not None and model[key] != data[key]:
-            raise ValueError(f"the model reads {key}={model[key]!r} but data.{key} is {data[key]!r}: "
-                             f"use --data.{key} {model[key]}{remedy}")
+            raise ValueError(
+                f"the model reads {key}={model[key]!r} but data.{key} is {data[key]!r}: "
+                f"use --data.{key} {model[key]}{remedy}"
+            )
 
 
 def check_digits(digits: np.ndarray | torch.Tensor | Any, seq_len: int, where: str = "digits") -> torch.Tensor:
@@ -68,7 +70,7 @@ def check_digits(digits: np.ndarray | torch.Tensor | Any, seq_len: int, where: s
     _check_shape(array.shape, seq_len, where)
     _check_dtype(array.dtype, where)
     for start in range(0, len(array), _CHECK_ROWS):
-        bad = _first_bad(array[start:start + _CHECK_ROWS].reshape(-1))
+        bad = _first_bad(array[start : start + _CHECK_ROWS].reshape(-1))
         if bad is not None:
             row, column = divmod(start * seq_len + bad[0], seq_len)
             _refuse_value(where, row, column, bad[1])
@@ -164,8 +166,10 @@ def _check_room(where: str, rows: int, seq_len: int) -> None:
 
     needed, available = rows * (seq_len + 1), available_memory()
     if available is not None and needed > available:
-        raise ValueError(f"{where} holds {rows:,} sequences, {needed / 1e9:.1f} GB in memory; this machine "
-                         f"has {available / 1e9:.1f} GB available: split the file")
+        raise ValueError(
+            f"{where} holds {rows:,} sequences, {needed / 1e9:.1f} GB in memory; this machine "
+            f"has {available / 1e9:.1f} GB available: split the file"
+        )
 
 
 def _read_npy(path: Path, seq_len: int, where: str) -> np.ndarray:
@@ -201,13 +205,17 @@ def _check_npy(shape: tuple[int, ...], dtype: np.dtype, seq_len: int, data_bytes
     """Refuse from the header alone, before any memory is given: objects, the wrong shape or dtype,
     and a header that claims more data than the file holds (a damaged or forged file)."""
     if dtype.hasobject:
-        raise ValueError(f"{where} is not a readable .npy array (it holds pickled Python objects, which are never loaded)")
+        raise ValueError(
+            f"{where} is not a readable .npy array (it holds pickled Python objects, which are never loaded)"
+        )
     _check_shape(shape, seq_len, where)
     _check_dtype(dtype, where)
     claimed = math.prod(shape) * dtype.itemsize
     if claimed > data_bytes:
-        raise ValueError(f"{where} is not a readable .npy array: its header describes {shape[0]:,} x {shape[1]} {dtype} "
-                         f"({claimed:,} bytes) but the file holds {data_bytes:,} bytes of data")
+        raise ValueError(
+            f"{where} is not a readable .npy array: its header describes {shape[0]:,} x {shape[1]} {dtype} "
+            f"({claimed:,} bytes) but the file holds {data_bytes:,} bytes of data"
+        )
 
 
 def _npy_digits(file: BinaryIO, shape: tuple[int, int], fortran_order: bool, dtype: np.dtype, where: str) -> np.ndarray:
@@ -233,7 +241,7 @@ def _npy_digits(file: BinaryIO, shape: tuple[int, int], fortran_order: bool, dty
             first_bad = min(first_bad or (position, bad[1]), (position, bad[1]))
             if not fortran_order:
                 break  # every later value comes later in row-major order
-        flat[start:start + count] = values
+        flat[start : start + count] = values
     if first_bad is not None:
         _refuse_value(where, *divmod(first_bad[0], seq_len), first_bad[1])
     return np.ascontiguousarray(digits)  # a copy for a Fortran-order file only
@@ -262,7 +270,7 @@ def _read_text(path: Path, seq_len: int, where: str) -> np.ndarray:
     for chunk in _text_digits(path, seq_len, where):
         if done + len(chunk) > rows:
             _refuse_changed(where)
-        digits[done:done + len(chunk)] = chunk
+        digits[done : done + len(chunk)] = chunk
         done += len(chunk)
     if done != rows:
         _refuse_changed(where)
@@ -338,7 +346,9 @@ class _TextLines:
         """One line's digits as a string, or the line refused with what is wrong."""
         fields = [f.strip() for f in text.split(",")] if "," in text else list(text)
         if len(fields) != self.seq_len:
-            raise ValueError(f"{self.where}, line {self.number}: expected {self.seq_len} digits, got {len(fields)}: {text[:80]!r}")
+            raise ValueError(
+                f"{self.where}, line {self.number}: expected {self.seq_len} digits, got {len(fields)}: {text[:80]!r}"
+            )
         bad = next((f for f in fields if f not in _DIGITS), None)
         if bad is not None:
             raise ValueError(f"{self.where}, line {self.number}: {bad!r} is not a digit 0-9")
@@ -355,8 +365,10 @@ class _TextLines:
             head = codecs.getincrementaldecoder("utf-8")().decode(data[:240])
         except UnicodeDecodeError:
             raise ValueError(f"{self.where} is not a text file (expected CSV or .npy)") from None
-        raise ValueError(f"{self.where}, line {self.number}: expected {self.seq_len} digits, got a line of over "
-                         f"{_TEXT_BLOCK:,} bytes: {head.strip()[:80]!r}")
+        raise ValueError(
+            f"{self.where}, line {self.number}: expected {self.seq_len} digits, got a line of over "
+            f"{_TEXT_BLOCK:,} bytes: {head.strip()[:80]!r}"
+        )
 
 
 def _uniform_lines(block: bytes, seq_len: int) -> np.ndarray | None:

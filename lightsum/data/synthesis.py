@@ -95,7 +95,7 @@ def class_probability(seq_len: int, threshold: int) -> float:
     lo, hi = _bounds(0, seq_len, threshold)
     counts = _exact_counts(seq_len)[seq_len]
     # int / int is correctly rounded in Python however large the integers.
-    return sum(counts[lo:hi + 1]) / 10**seq_len
+    return sum(counts[lo : hi + 1]) / 10**seq_len
 
 
 def sum_probabilities(seq_len: int) -> torch.Tensor:
@@ -252,7 +252,7 @@ def class_digits(n: int, label: int, seq_len: int, threshold: int, generator: to
             f"label {label} ({rule}) is impossible for seq_len={seq_len}: digit sums lie in [0, {9 * seq_len}]"
         )
     # P(sum = s | class) is proportional to C[seq_len, s]; logs avoid overflow for long strings.
-    log_c = _log_counts(seq_len)[seq_len, lo:hi + 1]
+    log_c = _log_counts(seq_len)[seq_len, lo : hi + 1]
     cdf = (log_c - log_c.max()).exp().cumsum(0)
     cdf = (cdf / cdf[-1]).to(generator.device)
     cdf[-1] = 1.0  # u < 1, so the search never runs past the last sum

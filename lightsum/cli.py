@@ -306,7 +306,7 @@ def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[S
     """
     default = {"default_config_files": [str(DEFAULT_CONFIG)]}
     argv = sys.argv[1:] if args is None else list(args)
-    # Each subcommand's parser reads the Trainer's whole signature (~0.3 s apiece on a small CPU):
+    # Each subcommand's parser reads the Trainer's whole signature, which takes a while on a small CPU:
     # build only the one asked for (all of them for `lightsum --help`).
     only = argv[:1] if argv[:1] and argv[0] in _SUBCOMMANDS else _SUBCOMMANDS
     return cli_class(

@@ -17,7 +17,7 @@ class TrainLoss(pl.Callback):
     ``train/loss_epoch``, the mean step loss of the epoch averaged over ranks.
 
     Cheap per step: reading a loss back every step would make a GPU wait for it, and ``self.log``
-    costs about 1 ms per call on a CPU. The losses wait on the device and go straight to the
+    has a per-call cost of its own (docs/benchmarks.md). The losses wait on the device and go straight to the
     loggers every ``flush_every`` points, with one host read per flush. With gradient
     accumulation a step's loss is the mean over its batches. A non-finite epoch mean stops
     training with "training diverged" instead of training on.

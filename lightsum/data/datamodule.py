@@ -149,7 +149,7 @@ class ResumableLoader(DataLoader):
     the next iteration drops that many batches before yielding: the epoch's order is a pure function
     of (seed, epoch), so the batches that follow are exactly those the interrupted run would have
     trained next, on every rank. The drop happens at the first ``next()``, after Lightning has set
-    the sampler's epoch. Batches are in-memory gathers, so dropping them costs microseconds.
+    the sampler's epoch. Batches are in-memory gathers, so dropping them costs next to nothing.
 
     Args:
         trained_batches: returns the batches of the running epoch trained so far.
@@ -237,7 +237,7 @@ class SumDataModule(pl.LightningDataModule):
         batch_size: sequences per training batch.
         eval_batch_size: sequences per batch for validation, test and predict. Evaluation keeps
             no activations for a backward pass, so large batches cost little memory and save
-            Lightning's per-batch work (about 0.3 ms a batch on a CPU).
+            Lightning's per-batch work.
         seed: seed of all data generation and of the training sampler.
         layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len features,
             as in the original notebook). Read by the model, which reshapes the digits.
@@ -268,7 +268,7 @@ class SumDataModule(pl.LightningDataModule):
             comma-separated or as one string) or a ``.npy`` array (N, seq_len). Default: the
             generated test set.
         placement: where the sequences live: ``device`` moves them once to the training device
-            in ``setup`` (one byte per digit: 6 MB for the default config), so batches are
+            in ``setup`` (one byte per digit), so batches are
             gathered there with no per-step copy of the data; ``host`` keeps them in CPU memory
             and Lightning copies each batch; ``auto`` is ``device`` on a CUDA accelerator.
     """

@@ -42,8 +42,8 @@ def _pack(w: Tensor, hard: bool, shift: bool = False) -> Tensor:
 class _LSTMLayer(torch.autograd.Function):
     """One LSTM layer over a whole sequence, with a hand-written backward pass.
 
-    Plain autograd over a per-step loop records ~10 graph nodes per step and measured 15-30%
-    slower on CPU (TorchScript: no better; torch.compile: no faster and ~40 s to compile). Here the
+    Plain autograd over a per-step loop records ~10 graph nodes per step and measured slower on
+    CPU, as did TorchScript and torch.compile (docs/benchmarks.md). Here the
     forward writes everything the backward needs into preallocated (T, B, ...) buffers, and the
     backward is one loop of small tensor ops with one (B, 4H) @ (4H, H) matmul per step, plus one
     big matmul per weight gradient. Nothing saved is modified, so ``retain_graph`` works.

@@ -27,6 +27,21 @@ def tiny(root: Path, epochs: int = 2) -> list[str]:
     ]
 
 
+def srun_variables(job_id: str) -> dict[str, str]:
+    """What srun sets for a 1-task job on one node: enough for Lightning to detect SLURM."""
+    return {
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_NAME": "lightsum",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+    }
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run folder: tag -> [(step, value)] by step (``lightsum.events``)."""
     return read_scalars(run_dir).series

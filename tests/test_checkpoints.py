@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FITTED_EPOCHS, tiny
+from conftest import FITTED_EPOCHS, srun_variables, tiny
 
 from lightsum.checkpoints import read_checkpoint
 from lightsum.cli import main
@@ -161,16 +161,7 @@ def test_resume_with_no_loadable_checkpoint_stops_in_one_line_and_changes_nothin
 
 
 def test_a_requeued_slurm_job_skips_a_damaged_hpc_checkpoint(fitted, tmp_path: Path, monkeypatch, capsys) -> None:
-    for key, value in {
-        "SLURM_JOB_ID": "77",
-        "SLURM_JOB_NAME": "lightsum",
-        "SLURM_NTASKS": "1",
-        "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "127.0.0.1",
-    }.items():
+    for key, value in srun_variables("77").items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.chdir(tmp_path)

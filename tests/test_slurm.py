@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, scalars, tiny
+from conftest import REPO, scalars, srun_variables, tiny
 
 from lightsum.checkpoints import read_checkpoint
 from lightsum.cli import main
@@ -35,15 +35,7 @@ def slurm_env(tmp_path: Path) -> dict[str, str]:
     return {
         **env,
         "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}",
-        "SLURM_JOB_ID": JOB_ID,
-        "SLURM_JOB_NAME": "lightsum",
-        "SLURM_NTASKS": "1",
-        "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_JOB_NUM_NODES": "1",
-        "SLURM_NODELIST": "127.0.0.1",
+        **srun_variables(JOB_ID),
     }
 
 

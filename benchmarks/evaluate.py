@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from lightsum import SumClassifier
-from lightsum.data.datamodule import labels_of, natural_digits
+from lightsum.data.digit_sums import labels_of, natural_digits
 from lightsum.data.synthesis import digits_per_sum
 from lightsum.metrics import class_metrics
 

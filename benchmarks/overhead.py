@@ -102,14 +102,14 @@ def plain_epoch_seconds(layout: str, batch_size: int, epochs: int) -> tuple[floa
         order = torch.tensor(list(dm.epoch_sampler), device=device)
         net.train()
         for batch in order.split(batch_size):
-            digits, target = train.digits[batch], train.labels[batch]
+            digits, target = train.x[batch], train.labels[batch]
             loss = F.binary_cross_entropy_with_logits(net(model.features(digits)), target.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         net.eval()
         with torch.no_grad():
-            for digits in val.digits.split(dm.hparams.eval_batch_size):  # lightsum's validation batches
+            for digits in val.x.split(dm.hparams.eval_batch_size):  # lightsum's validation batches
                 net(model.features(digits))
     synchronize()
     return (time.perf_counter() - start) / epochs, len(dm.epoch_sampler)
@@ -134,9 +134,9 @@ def data_path_us(layout: str, batch_size: int, epochs: int) -> tuple[float, floa
                 for _ in dm.train_dataloader():
                     batches += 1
             else:
-                order = torch.tensor(list(dm.epoch_sampler), device=train.digits.device)
+                order = torch.tensor(list(dm.epoch_sampler), device=train.x.device)
                 for batch in order.split(batch_size):
-                    train.digits[batch], train.labels[batch]
+                    train.x[batch], train.labels[batch]
                     batches += 1
         synchronize()
         timings[side] = (time.perf_counter() - start) / batches * 1e6

@@ -39,7 +39,7 @@ _MEASURE = (
 
 def digits(rows: int) -> np.ndarray:
     """``rows`` natural sequences from lightsum's synthesis, as uint8 (N, 30)."""
-    from lightsum.data.datamodule import natural_digits, stream
+    from lightsum.data.digit_sums import natural_digits, stream
 
     return natural_digits(rows, SEQ_LEN, stream(0, "test")).numpy()
 

@@ -35,7 +35,7 @@ def measure(n: int, distribution: str, batch_size: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     loader = data.train_dataloader()
     start = time.perf_counter()
-    rows = sum(len(batch[1]) for batch in loader)
+    rows = sum(len(batch.labels) for batch in loader)
     epoch = time.perf_counter() - start
     return {
         "seconds": seconds,

@@ -62,7 +62,7 @@ def main() -> None:
     syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
     steps = cli.trainer.global_step
     print(
-        f"data on {cli.datamodule.train_set.digits.device}; {steps} training steps, {len(syncs)} host syncs "
+        f"data on {cli.datamodule.train_set.x.device}; {steps} training steps, {len(syncs)} host syncs "
         f"({len(syncs) / max(steps, 1):.3f} per step; train/loss flushes every 50 steps: {steps // 50 + 1})"
     )
     for message, count in collections.Counter(syncs).most_common(5):

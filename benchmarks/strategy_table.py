@@ -24,7 +24,7 @@ import torch
 
 from lightsum import SumClassifier
 from lightsum.cli import SumCLI, build_cli, quiet_notices
-from lightsum.data.datamodule import labels_of, natural_digits
+from lightsum.data.digit_sums import labels_of, natural_digits
 from lightsum.data.synthesis import digits_per_sum
 from lightsum.metrics import class_metrics
 

@@ -71,7 +71,7 @@ def check_weights_fit(checkpoint: dict[str, Any], path: str) -> None:
     assembled by hand), comparing every name and shape with a model built from them on torch's
     meta device: shapes without memory, so hyperparameters asking for terabytes allocate nothing."""
     from lightsum.classifier import SumClassifier
-    from lightsum.data.datamodule import available_memory
+    from lightsum.data.memory import available_memory
 
     hparams, weights = checkpoint["hyper_parameters"], checkpoint["state_dict"]
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):

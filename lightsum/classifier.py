@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryStatScores
 
-from lightsum.data.datamodule import BOUNDARY, NATURAL
-from lightsum.data.sequences import Layout, check_digits, check_fits
+from lightsum.data.batches import BOUNDARY, NATURAL, Batch
+from lightsum.data.schema import encode_sequences
+from lightsum.data.sequences import Layout, check_digits
 from lightsum.errors import POSITIVE_INT, check_arguments, diverged, is_number
 from lightsum.losses import logit_adjustment, sigmoid_focal_loss
 from lightsum.metrics import EvaluationScores, class_metrics, confusion_metrics, tune_threshold
@@ -21,7 +22,8 @@ _PREDICT_CHUNK = 65_536  # rows per forward pass in predict_proba: bounded memor
 _FLOAT16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16, 6.1e-05
 Loss = Literal["bce", "focal", "logit_adjusted"]
 _RULES = {
-    **dict.fromkeys(("seq_len", "hidden_size", "num_layers"), POSITIVE_INT),
+    **dict.fromkeys(("hidden_size", "num_layers", "embedding_size"), POSITIVE_INT),
+    "seq_len": (lambda v: v is None or POSITIVE_INT[0](v), "a positive integer or null"),
     "dropout": (lambda v: is_number(v) and 0.0 <= v < 1.0, "in [0, 1)"),
     "pos_weight": (lambda v: v in (None, "balanced") or (is_number(v) and v > 0), "positive, 'balanced' or null"),
     "decision_threshold": (lambda v: v == "tuned" or (is_number(v) and 0.0 < v < 1.0), "in (0, 1) or 'tuned'"),
@@ -32,11 +34,18 @@ _RULES = {
 
 
 class SumClassifier(pl.LightningModule):
-    """Binary classifier of digit sequences, reporting per-class recall.
+    """Binary classifier of sequences (digit sums, or users' numbers or tokens), reporting per-class recall.
 
     Args:
-        seq_len: digits per sequence (linked from ``data.seq_len`` by the CLI).
+        seq_len: digits per sequence of digit sums (linked from ``data.seq_len`` by the CLI); null for files.
         layout: ``sequence`` (seq_len steps x 1 feature) or ``flat`` (1 step x seq_len features); linked from ``data.layout``.
+        schema: what a step of users' data is, measured on the training split and linked from the
+            data by the CLI: ``{"steps": "numbers", "features": F, "mean": [...], "std": [...]}``
+            (standardised per feature in the model) or ``{"steps": "tokens", "vocabulary": [...]}``
+            (an embedding: code 0 pads, 1 is a token the training split never held), and
+            ``"classes"``: the names of class 0 and 1. Saved in every checkpoint, so a loaded model
+            reads raw new data as at training time. Null for digit sums.
+        embedding_size: features of a token's embedding (token schemas only).
         hidden_size: LSTM units.
         num_layers: stacked LSTM layers.
         dropout: dropout on the last hidden state (and between stacked layers).
@@ -58,12 +67,17 @@ class SumClassifier(pl.LightningModule):
         focal_alpha: focal loss weight of class 1 (the majority here; class 0 weighs ``1 - alpha``),
             or null for none (torchvision's ``alpha=-1``).
         logit_tau: strength of the logit adjustment; 1 is balanced softmax.
+        class_balance: the training split's class counts and served prior, for ``pos_weight:
+            balanced`` and ``logit_adjusted``: the data module's ``class_balance``, handed over by the
+            CLI (not saved: a loaded model no longer trains from it).
     """
 
     def __init__(
         self,
-        seq_len: int = 30,
+        seq_len: int | None = 30,
         layout: Layout = "sequence",
+        schema: dict[str, Any] | None = None,
+        embedding_size: int = 32,
         hidden_size: int = 200,
         num_layers: int = 1,
         dropout: float = 0.5,
@@ -77,23 +91,33 @@ class SumClassifier(pl.LightningModule):
         focal_gamma: float = 2.0,
         focal_alpha: float | None = None,
         logit_tau: float = 1.0,
+        class_balance: Any = None,  # a lightsum.data.ClassBalance; Any, so that --help offers no class to configure
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["class_balance"])
+        self.class_balance = class_balance
         check_arguments("model", self.hparams, _RULES)
         if loss == "focal" and pos_weight is not None:
             raise ValueError(
                 "model.pos_weight does not apply to model.loss=focal: weigh the classes with model.focal_alpha"
             )
+        steps = schema["steps"] if schema else "digits"
+        if steps == "digits" and seq_len is None:
+            raise ValueError("model.seq_len is null: a digit-sum model reads sequences of seq_len digits")
         self.net = SumNet(
-            1 if layout == "sequence" else seq_len,
+            (1 if layout == "sequence" else seq_len) if steps == "digits" else schema.get("features", 1),
             hidden_size,
+            num_embeddings=len(schema["vocabulary"]) + 2 if steps == "tokens" else None,
+            embedding_size=embedding_size,
             num_layers=num_layers,
             dropout=dropout,
             recurrent_activation=recurrent_activation,
             unit_forget_bias=unit_forget_bias,
             init=init,
         )
+        if steps == "numbers":  # the training split's statistics, rebuilt from the schema: not in state_dict
+            self.register_buffer("mean", torch.tensor(schema["mean"], dtype=torch.float32), persistent=False)
+            self.register_buffer("std", torch.tensor(schema["std"], dtype=torch.float32), persistent=False)
         # Buffers, so they move with the model and are saved in checkpoints.
         self.register_buffer(
             "decision_threshold", torch.tensor(0.5 if decision_threshold == "tuned" else float(decision_threshold))
@@ -113,16 +137,31 @@ class SumClassifier(pl.LightningModule):
         self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.trained_at: tuple[int, int] | None = None  # (epoch, global step) of loaded weights
 
-    def features(self, digits: torch.Tensor) -> torch.Tensor:
-        """uint8/int digits (B, seq_len) -> float network input in the model's layout."""
-        x = digits.to(self.dtype)
+    @property
+    def steps(self) -> str:
+        """What a step is: ``digits``, ``numbers`` or ``tokens``."""
+        return self.hparams.schema["steps"] if self.hparams.schema else "digits"
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch's steps (see ``lightsum.data.batches.Batch.x``) -> the network's input: digits as
+        floats in the model's layout, numbers standardised, token codes as they are."""
+        if self.steps == "tokens":
+            return x
+        if self.steps == "numbers":
+            return (x.to(self.dtype) - self.mean) / self.std
+        if x.shape[1] != self.hparams.seq_len:  # a layout's weights would load into the other length
+            raise ValueError(
+                f"the model reads seq_len={self.hparams.seq_len} but data.seq_len is {x.shape[1]}: "
+                f"use --data.seq_len {self.hparams.seq_len}"
+            )
+        x = x.to(self.dtype)
         if self.hparams.normalize_inputs:
             x = x / 9.0
         return x.unsqueeze(-1) if self.hparams.layout == "sequence" else x.unsqueeze(1)
 
-    def forward(self, digits: torch.Tensor) -> torch.Tensor:
-        """Logits of class 1 for digits (B, seq_len)."""
-        return self.net(self.features(digits))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of class 1 for a batch's steps ``x``, each sequence read to its own ``lengths``."""
+        return self.net(self.features(x), lengths)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, adjusted: bool = True) -> torch.Tensor:
         """The training loss; ``adjusted=False`` leaves out logit adjustment's offset (which depends
@@ -138,21 +177,23 @@ class SumClassifier(pl.LightningModule):
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule
-        if data is not None:
-            check_fits(self.hparams, data.hparams, " with this model")
-        if stage == "fit" and self.hparams.pos_weight == "balanced":
-            labels = data.train_set.labels
-            n_pos = int(labels.sum())
-            if n_pos in (0, len(labels)):
+        h = self.hparams
+        if stage != "fit" or (h.pos_weight != "balanced" and h.loss != "logit_adjusted"):
+            return
+        balance = self.class_balance
+        if balance is None or balance.counts is None:
+            what = "model.pos_weight=balanced" if h.pos_weight == "balanced" else "model.loss=logit_adjusted"
+            raise ValueError(
+                f"{what} needs the training classes: SumClassifier(class_balance=data.class_balance) "
+                "(the CLI hands them over)"
+            )
+        if h.pos_weight == "balanced":
+            negatives, positives = balance.counts
+            if not negatives or not positives:
                 raise ValueError("model.pos_weight='balanced' needs both classes in the training split")
-            self.pos_weight.fill_((len(labels) - n_pos) / n_pos)
-        if stage == "fit" and self.hparams.loss == "logit_adjusted":
-            if data is None:
-                raise ValueError(
-                    "model.loss=logit_adjusted reads the training batches' class prior from lightsum's SumDataModule"
-                )
-            self.logit_adjustment.fill_(logit_adjustment(data.positive_share(), self.hparams.logit_tau))
+            self.pos_weight.fill_(negatives / positives)
+        if h.loss == "logit_adjusted":
+            self.logit_adjustment.fill_(logit_adjustment(balance.served_positive_share, h.logit_tau))
 
     def on_fit_start(self) -> None:
         refuse_float16_eps(self.trainer)
@@ -160,9 +201,9 @@ class SumClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_at = (checkpoint["epoch"], checkpoint["global_step"])
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        digits, target = batch
-        logits = self(digits)
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        target = batch.labels
+        logits = self(batch.x, batch.lengths)
         self.train_counts.update((torch.sigmoid(logits.detach()) >= self.decision_threshold).long(), target.long())
         return self.loss(logits, target)  # train/loss is logged by callbacks.TrainLoss
 
@@ -172,20 +213,15 @@ class SumClassifier(pl.LightningModule):
         values = confusion_metrics(torch.stack([tn, fp, fn, tp]).view(2, 2))  # rows: true class
         self.log_dict({f"train/{k}": values[k] for k in ("recall_0", "recall_1", "min_recall")})
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        digits, target, *parts = batch
-        logits = self(digits)
-        if not parts:  # natural data only
-            self.val_scores.update(logits, target)
-            return
-        weights, part = parts  # SumDataModule's joined validation set (see DigitBatches)
-        natural, boundary = part == NATURAL, part == BOUNDARY
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        logits, target = self(batch.x, batch.lengths), batch.labels
+        natural, boundary = batch.parts == NATURAL, batch.parts == BOUNDARY
         self.val_scores.update(logits[natural], target[natural])
-        self.boundary_scores.update(logits[boundary], target[boundary])
-        self.tuning_scores.update(logits, target, weights)  # the boundary part weighs 0
+        self.boundary_scores.update(logits[boundary], target[boundary])  # empty without a boundary set
+        self.tuning_scores.update(logits, target, batch.weights)  # the boundary part weighs 0
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.test_scores.update(self(batch[0]), batch[1])
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.test_scores.update(self(batch.x, batch.lengths), batch.labels)
 
     def on_validation_epoch_end(self) -> None:
         tune = self.hparams.decision_threshold == "tuned" and not self.trainer.sanity_checking
@@ -208,8 +244,6 @@ class SumClassifier(pl.LightningModule):
         if tune and tuning is not None:
             t_logits, t_target, t_weights = tuning
             self.decision_threshold.fill_(tune_threshold(torch.sigmoid(t_logits), t_target, t_weights))
-        elif tune:  # no calibration set: the natural validation set alone
-            self.decision_threshold.fill_(tune_threshold(probs, target))
         values = class_metrics(probs, target, self.decision_threshold)
         if boundary is not None and len(boundary[1]):
             b_logits, b_target = boundary
@@ -224,33 +258,45 @@ class SumClassifier(pl.LightningModule):
         # Already global (gathered above): no reduction across ranks.
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = torch.sigmoid(self(batch[0]))
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = torch.sigmoid(self(batch.x, batch.lengths))
         return {"probability": probs, "label": (probs >= self.decision_threshold).long()}
 
     @torch.no_grad()
-    def predict_proba(self, digits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Probability of class 1 for each row of ``digits`` (integers 0-9, shape (N, seq_len); int8
-        to int64 or uint8): a CPU tensor for a tensor, numpy for anything else (a list too). N may
-        be 0: an empty result. Raises ValueError on a wrong shape, dtype or digit, or on a tensor
-        without values (meta) or not dense."""
-        tensor = check_digits(digits, self.hparams.seq_len)
+    def predict_proba(self, sequences: Any, lengths: Any = None) -> np.ndarray | torch.Tensor:
+        """Probability of class 1 for each sequence: a CPU tensor for a tensor, numpy for anything else.
+
+        Digit sums: integers 0-9 of shape (N, seq_len) (int8 to int64 or uint8; a list too).
+        Users' numbers: an array (N, L) or (N, L, F) with optional ``lengths``, or a list of arrays of
+        any lengths; tokens: a list of space-separated strings or of token lists (see
+        ``lightsum.data.schema.encode_sequences``), read with the training split's statistics and
+        vocabulary. N may be 0: an empty result. Raises ValueError on input the model cannot read.
+        """
+        if self.steps == "digits":
+            x, lens = check_digits(sequences, self.hparams.seq_len), None
+        else:
+            x, lens = encode_sequences(sequences, self.hparams.schema, lengths)
         was_training = self.training
         self.eval()
         try:
             # An LSTM refuses a batch of 0 sequences, so an empty input is not run at all.
             chunks = [
-                torch.sigmoid(self(chunk.to(self.device))).cpu() for chunk in tensor.split(_PREDICT_CHUNK) if len(chunk)
+                torch.sigmoid(self(x[i : i + _PREDICT_CHUNK].to(self.device), _cut(lens, i))).cpu()
+                for i in range(0, len(x), _PREDICT_CHUNK)
             ]
         finally:
             self.train(was_training)
         probs = torch.cat(chunks) if chunks else torch.empty(0, dtype=self.dtype)
-        return probs if isinstance(digits, torch.Tensor) else probs.numpy()
+        return probs if isinstance(sequences, torch.Tensor) else probs.numpy()
 
-    def predict(self, digits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """0/1 labels of ``digits`` with the model's decision threshold (see ``predict_proba``)."""
-        labels = self.predict_proba(digits) >= float(self.decision_threshold)
+    def predict(self, sequences: Any, lengths: Any = None) -> np.ndarray | torch.Tensor:
+        """0/1 labels of ``sequences`` with the model's decision threshold (see ``predict_proba``)."""
+        labels = self.predict_proba(sequences, lengths) >= float(self.decision_threshold)
         return labels.long() if isinstance(labels, torch.Tensor) else labels.astype(np.int64)
+
+
+def _cut(lengths: torch.Tensor | None, start: int) -> torch.Tensor | None:
+    return None if lengths is None else lengths[start : start + _PREDICT_CHUNK]
 
 
 def evaluated_at(model: SumClassifier) -> tuple[int, int]:

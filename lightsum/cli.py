@@ -24,7 +24,7 @@ from lightsum.callbacks.preemption import stop_at_once
 from lightsum.checkpoints import newest_loadable, nothing_left_to_train, read_checkpoint
 from lightsum.classifier import SumClassifier
 from lightsum.config_policy import ALLOW_ENV, ALLOWED_IMPORTS, config_policy
-from lightsum.data import SumDataModule
+from lightsum.data import SequenceDataModule, SumDataModule
 from lightsum.data.sequences import check_fits
 from lightsum.errors import OneLineParserErrors, debugging, fail, note, one_line_errors
 from lightsum.events import EventWriteErrors
@@ -42,8 +42,10 @@ _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _EVALUATING = ("validate", "test", "predict")
 _BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 _DESCRIPTION = (
-    "Train and evaluate digit-sum classifiers on imbalanced data (lightsum's own options, --model.* and "
-    "--data.*, are listed first in each subcommand's --help). validate, test and predict score "
+    "Train and evaluate sequence classifiers on imbalanced data: generated digit sums (the default, "
+    "--data.help SumDataModule) or your own files (--config configs/files.yaml, --data.help SequenceFiles). "
+    "lightsum's own options, --model.* and --data.*, are listed first in each subcommand's --help. "
+    "validate, test and predict score "
     "--ckpt_path, by default the best checkpoint of the newest run of the config's name. One more "
     "subcommand: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
     "(`lightsum report --help`)."
@@ -74,6 +76,19 @@ class SumParser(OneLineParserErrors, LightningArgumentParser):
                 f"{key[1] + ': ' if key else ''}configs may not name {denied[1]}: lightsum's configs import only "
                 f"{', '.join(ALLOWED_IMPORTS)} ({ALLOW_ENV}=a.module,b.module allows more; see docs/configs.md)"
             )
+        # The data is a subclass group: jsonargparse reports a bad data option as a failed Union of
+        # every subtype; the one line names the option and what is wrong with it instead.
+        inner = re.search(
+            r"Problem with given class_path '([\w.]+)':\s*(.*?)\s*(?:- Expected a <class 'NoneType'>|$)", message, re.S
+        )
+        if message.startswith('Parser key "data"') and inner:
+            source = inner[1].rsplit(".", 1)[-1]
+            option = re.sub(
+                r"^Option '(\w+)' is not accepted",
+                rf"data.\1 is not an option of {source} (--data.help {source} lists them)",
+                inner[2],
+            )
+            message = re.sub(r'^Parser key "(?!data\.)', 'Parser key "data.', " ".join(option.split()))
         super().error(message, ex)
 
 
@@ -94,7 +109,10 @@ class SumCLI(LightningCLI):
         # As LightningCLI's own, but model and data first: their options open each --help, ahead of
         # the Trainer's ~500 lines.
         parser.add_lightning_class_args(SumClassifier, "model")
-        parser.add_lightning_class_args(SumDataModule, "data")
+        # Two sources: digit sums by default (configs list their keys without a class_path), users'
+        # files with `class_path: lightsum.data.SequenceFiles` (configs/files.yaml).
+        parser.add_lightning_class_args(SequenceDataModule, "data", subclass_mode=True, required=False)
+        parser.set_defaults({"data": {"class_path": f"{SumDataModule.__module__}.{SumDataModule.__name__}"}})
         # As add_lightning_class_args(trainer), but with the limit_*_batches typed int first: Lightning
         # reads an int as a number of batches and a float as a fraction, and its Optional[Union[int,
         # float]] reaches the parser as Union[float, int] (typing caches a union under the order it was
@@ -118,9 +136,16 @@ class SumCLI(LightningCLI):
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The model must read sequences the way the data module serves them.
-        parser.link_arguments("data.seq_len", "model.seq_len")
-        parser.link_arguments("data.layout", "model.layout")
+        # The model must read sequences the way the data module serves them: what a step is (the
+        # digits' count and layout, or the schema measured on a training file), and the training
+        # classes its loss may weigh by.
+        for target, value in (
+            ("seq_len", data_seq_len),
+            ("layout", data_layout),
+            ("schema", data_schema),
+            ("class_balance", data_class_balance),
+        ):
+            parser.link_arguments("data", f"model.{target}", compute_fn=value, apply_on="instantiate")
         # Best checkpoint by the headline metric; a separate every-epoch last.ckpt for resuming
         # (a monitored ModelCheckpoint only refreshes last.ckpt when the monitor improves).
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
@@ -158,7 +183,7 @@ class SumCLI(LightningCLI):
             )
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
-            check_fits(read_checkpoint(ckpt_path)["hyper_parameters"], config.data, f" with {ckpt_path}")
+            adopt_checkpoint_data(config, ckpt_path)
 
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
@@ -166,11 +191,11 @@ class SumCLI(LightningCLI):
         if (
             self.subcommand == "fit"
             and config.best_checkpoint.monitor == "val/boundary_accuracy"
-            and not config.data.boundary_per_sum
+            and not data_args(config).get("boundary_per_sum")
         ):
             raise ValueError(
-                "best_checkpoint.monitor is val/boundary_accuracy, which data.boundary_per_sum=0 turns off: "
-                "use --best_checkpoint.monitor val/min_recall"
+                "best_checkpoint.monitor is val/boundary_accuracy, which only digit sums with data.boundary_per_sum > 0 "
+                "have: use --best_checkpoint.monitor val/min_recall"
             )
         if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
             # The default config's progress-bar callback would contradict enable_progress_bar=false.
@@ -186,12 +211,12 @@ class SumCLI(LightningCLI):
         self.settle_checkpoint(config)
         # Before anything is computed: where the run logs, and where predict writes.
         check_run_folder(config, self.subcommand)
-        target = prediction_target(config.predictions.get("path"), config.data.get("predict_path"))
+        target = prediction_target(config.predictions.get("path"), data_args(config).get("predict_path"))
         if self.subcommand == "predict" and target is not None:
             check_target(
                 target,
                 {
-                    "the input file": config.data.get("predict_path"),
+                    "the input file": data_args(config).get("predict_path"),
                     "the checkpoint": config.get("ckpt_path"),
                     "the config file": [
                         *(self.config.get("config") or []),
@@ -221,11 +246,11 @@ class SumCLI(LightningCLI):
             # A resumed run keeps its model: options that would build another one are refused here,
             # where Lightning's strict weight loading would stop with a traceback.
             hparams = checkpoint["hyper_parameters"]
-            check_fits(hparams, config.data, f" with {path}")
+            adopt_checkpoint_data(config, path, hparams)
             differ = [
                 f"model.{k}={v!r} (the command says {config.model[k]!r})"
                 for k, v in hparams.items()
-                if not k.startswith("_") and k in config.model and config.model[k] != v
+                if not k.startswith("_") and k not in _LINKED and k in config.model and config.model[k] != v
             ]
             if differ:
                 raise ValueError(
@@ -240,7 +265,7 @@ class SumCLI(LightningCLI):
         if self.subcommand == "predict":
             return
         for key, value in (
-            ("data.predict_path", config.data.get("predict_path")),
+            ("data.predict_path", data_args(config).get("predict_path")),
             ("predictions.path", config.predictions.get("path")),
         ):
             if value is None:
@@ -284,14 +309,58 @@ class SumCLI(LightningCLI):
             )
 
 
+_LINKED = ("seq_len", "layout", "schema", "class_balance")  # model arguments the data module sets
+
+
+def data_seq_len(data: SequenceDataModule) -> int | None:
+    return data.hparams.get("seq_len")
+
+
+def data_layout(data: SequenceDataModule) -> str:
+    return data.hparams.get("layout", "sequence")
+
+
+def data_schema(data: SequenceDataModule) -> dict[str, Any] | None:
+    return data.schema()
+
+
+def data_class_balance(data: SequenceDataModule) -> Any:
+    return data.class_balance
+
+
+def data_args(config: Any) -> Any:
+    """The data module's arguments in a parsed config (``data.init_args``: the data is a subclass group)."""
+    return config.data.get("init_args") or {}
+
+
+def adopt_checkpoint_data(config: Any, path: str, hparams: dict[str, Any] | None = None) -> None:
+    """The data must be read as the checkpoint's model reads it: digit sums of its ``seq_len`` and
+    ``layout``, or files by its schema, which the files data module then takes from the checkpoint."""
+    hparams = read_checkpoint(path)["hyper_parameters"] if hparams is None else hparams
+    args, schema = data_args(config), hparams.get("schema")
+    files = "schema" in args  # lightsum.data.SequenceFiles
+    if schema is not None and not files:
+        raise ValueError(f"{path} was trained on sequence files: evaluate it with --config configs/files.yaml")
+    if schema is None and files:
+        raise ValueError(f"{path} is a digit-sum model: evaluate it without SequenceFiles (configs/files.yaml)")
+    if files:
+        args.schema = schema
+    else:
+        check_fits(hparams, args, f" with {path}")
+
+
 def config_args(argv: Sequence[str]) -> list[str]:
-    """The ``--config FILE`` arguments of a command line, to repeat in the commands that follow it."""
+    """The arguments of a command line that say which data the run was on (``--config FILE`` and
+    ``--data.*`` but ``--data.predict_path``), to repeat in the commands that follow it: a test
+    split is only the same with the same data options."""
     out = []
     for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            out += ["--config", argv[i + 1]]
-        elif arg.startswith("--config="):
-            out += ["--config", arg.split("=", 1)[1]]
+        key, has_value = arg.split("=", 1)[0], "=" in arg
+        if key in ("-c", "--config") or (key.startswith("--data.") and key != "--data.predict_path"):
+            if has_value:
+                out += [key if key != "-c" else "--config", arg.split("=", 1)[1]]
+            elif i + 1 < len(argv):
+                out += [key if key != "-c" else "--config", argv[i + 1]]
     return out
 
 

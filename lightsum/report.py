@@ -28,7 +28,7 @@ TABLE_METRICS = (
     "missed_0",
     "missed_1",
     "boundary_accuracy",
-    "average_precision_0",
+    "average_precision_minority",
     "auroc",
 )
 COUNTS = ("missed_0", "missed_1", "sequences")
@@ -46,6 +46,7 @@ class Run:
     monitor: str = "val/min_recall"  # what chose its best checkpoint (config.yaml's best_checkpoint.monitor)
     mode: str = "max"  # and whether higher or lower was better (best_checkpoint.mode)
     config: dict = field(default_factory=dict)  # its resolved config.yaml; {} where it has none
+    classes: tuple[str, str] | None = None  # the names of class 0 and 1 of a model trained on files
 
     def by_epoch(self, tag: str) -> list[tuple[int, float]]:
         """(epoch, value) of an epoch-level tag; epochs counted from 0, as in checkpoint names."""
@@ -129,6 +130,7 @@ def read_run(path: Path) -> Run:
     scalars = read_scalars(path)
     config = read_config(path / "config.yaml")
     best = config.get("best_checkpoint") or {}
+    classes = read_classes(path / "hparams.yaml")
     return Run(
         path,
         f"{path.parent.name}/{path.name}",
@@ -138,6 +140,7 @@ def read_run(path: Path) -> Run:
         str(best.get("monitor") or "val/min_recall"),
         str(best.get("mode") or "max"),
         config,
+        classes,
     )
 
 
@@ -167,7 +170,26 @@ def read_config(path: Path) -> dict:
     sections = ("data", "model", "best_checkpoint")
     if not isinstance(config, dict) or not all(isinstance(config.get(k) or {}, dict) for k in sections):
         raise DamagedFile(path, f"not a lightsum config: a YAML mapping whose {', '.join(sections)} are mappings")
+    data = config.get("data") or {}
+    if isinstance(data.get("init_args"), dict):  # the data module is a class_path + init_args group
+        config["data"] = {**data["init_args"], "class_path": data.get("class_path")}
     return config
+
+
+def read_classes(path: Path) -> tuple[str, str] | None:
+    """The classes' names of a model trained on files, from the run's ``hparams.yaml`` (the model's
+    schema, which the TensorBoard logger writes there); None for digit sums or where it cannot be read
+    (the names only label the output)."""
+    if file_kind(path) != "file":
+        return None
+    try:
+        hparams = yaml.safe_load(path.read_text(encoding="utf-8"))
+        classes = hparams["schema"]["classes"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(classes, list) or len(classes) != 2 or [str(c) for c in classes] == ["0", "1"]:
+        return None  # labels 0 and 1 need no names
+    return str(classes[0]), str(classes[1])
 
 
 def strategy_of(config: dict) -> str:
@@ -246,12 +268,15 @@ def class_sizes(run: Run) -> tuple[int, int] | None:
     return (size, total - size) if cls == 0 else (total - size, size)
 
 
-def class_names(sizes: tuple[int, int] | None) -> tuple[str, str]:
-    """``minority (class 0)`` and ``majority (class 1)``, as the class sizes say, else ``class 0``, ``class 1``."""
+def class_names(sizes: tuple[int, int] | None, classes: tuple[str, str] | None = None) -> tuple[str, str]:
+    """``minority (class 0)`` and ``majority (class 1)``, as the class sizes say, else ``class 0``,
+    ``class 1``; with the classes' own names where a model trained on files has them: ``minority
+    'fraud' (class 1)``."""
+    named = [f"{classes[c]!r} (class {c})" if classes else f"(class {c})" for c in (0, 1)]
     if sizes is None or sizes[0] == sizes[1]:
-        return "class 0", "class 1"
+        return tuple(n if classes else f"class {c}" for c, n in enumerate(named))
     minority = 0 if sizes[0] < sizes[1] else 1
-    return tuple(f"{'minority' if c == minority else 'majority'} (class {c})" for c in (0, 1))
+    return tuple(f"{'minority' if c == minority else 'majority'} {named[c]}" for c in (0, 1))
 
 
 def is_number(value: Any) -> bool:
@@ -470,7 +495,7 @@ def figure(run: Run) -> Any:
     loss_panel(loss, run)
     mark_best(loss, run)
     sizes = class_sizes(run)
-    for cls, (ax, name) in enumerate(zip(classes, class_names(sizes))):
+    for cls, (ax, name) in enumerate(zip(classes, class_names(sizes, run.classes))):
         missed = misses_panel(ax, run, cls, name, None if sizes is None else sizes[cls])
         mark_best(ax, run, missed)
     for ax in (loss, *classes):
@@ -536,7 +561,12 @@ def fit_summary(run_dir: Path, best: Any, configs: list[str]) -> str:
                 for m in ("recall_0", "recall_1", "min_recall", "boundary_accuracy")
                 if m in values
             )
-            + (f"  {misses(values, class_sizes(run))}" if "missed_0" in values else "")
+            + (
+                f"  minority AP {fraction(values['average_precision_minority'], 5)}"
+                if "average_precision_minority" in values
+                else ""
+            )
+            + (f"  {misses(values, class_sizes(run), run.classes)}" if "missed_0" in values else "")
             + (f"  decision threshold {values['decision_threshold']:.4g}" if "decision_threshold" in values else ""),
         ]
     if last.is_file():
@@ -550,13 +580,19 @@ def fit_summary(run_dir: Path, best: Any, configs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def misses(values: dict[str, float], sizes: tuple[int, int] | None) -> str:
-    """``missed 2 of 470 in class 0 + 1 of 39,530 in class 1``, or ``missed 2 + 1 of 40,000`` where the
-    class sizes are unknown."""
+def misses(values: dict[str, float], sizes: tuple[int, int] | None, classes: tuple[str, str] | None = None) -> str:
+    """``missed 2 of 470 in class 0 + 1 of 39,530 in class 1`` (``in class 1 'fraud'`` with files'
+    class names), or ``missed 2 + 1 of 40,000`` where the class sizes are unknown."""
+    name = [f" {classes[c]!r}" if classes else "" for c in (0, 1)]
     if sizes is None:
         of = f" of {values['sequences']:,.0f}" if "sequences" in values else ""
+        if classes:
+            return f"missed {values['missed_0']:.0f} in class 0{name[0]} + {values['missed_1']:.0f} in class 1{name[1]}{of}"
         return f"missed {values['missed_0']:.0f} + {values['missed_1']:.0f}{of}"
-    return f"missed {values['missed_0']:.0f} of {sizes[0]:,} in class 0 + {values['missed_1']:.0f} of {sizes[1]:,} in class 1"
+    return (
+        f"missed {values['missed_0']:.0f} of {sizes[0]:,} in class 0{name[0]} + "
+        f"{values['missed_1']:.0f} of {sizes[1]:,} in class 1{name[1]}"
+    )
 
 
 def read_runs(paths: list[Path]) -> list[Run]:

@@ -27,6 +27,19 @@ def tiny(root: Path, epochs: int = 2) -> list[str]:
     ]
 
 
+def tiny_files(root: Path, train: Path, epochs: int = 2) -> list[str]:
+    """configs/files.yaml on ``train`` (a ``write_sequences`` file), made to run in seconds under ``root``."""
+    return [
+        "--config",
+        str(REPO / "configs" / "files.yaml"),
+        f"--data.train_path={train}",
+        f"--trainer.logger.init_args.save_dir={root}",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.enable_progress_bar=false",
+        "--model.hidden_size=8",
+    ]
+
+
 def srun_variables(job_id: str) -> dict[str, str]:
     """What srun sets for a 1-task job on one node: enough for Lightning to detect SLURM."""
     return {
@@ -126,3 +139,58 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def run_dir(fitted) -> Path:
     return Path(fitted.trainer.log_dir)
+
+
+def toy_sequences(
+    n: int = 400, steps: str = "numbers", features: int = 1, minority: float = 0.1, seed: int = 0, variable: bool = True
+) -> dict:
+    """A small learnable imbalanced set: class 1 (a ``minority`` share) is marked at each sequence's
+    own last step (numbers: +2 on feature 0; tokens: "X"), so reading past the end or padding the
+    wrong side shows. Returns ``x`` padded (numbers (n, L, F) float32; tokens: lists), ``y`` and ``lengths``."""
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    lengths = g.integers(5, 21, n) if variable else np.full(n, 12)
+    y = (g.random(n) < minority).astype(np.int64)
+    y[:2] = [0, 1]  # both classes whatever n
+    if steps == "tokens":
+        rows = [list(g.choice(list("ACGT"), int(k))) for k in lengths]
+        for row, label in zip(rows, y):
+            row[-1] = "X" if label else row[-1]
+        return {"x": rows, "y": y, "lengths": lengths}
+    x = np.zeros((n, int(lengths.max()), features), dtype=np.float32)
+    for i, k in enumerate(lengths):
+        x[i, :k] = g.normal(size=(k, features))
+        x[i, k - 1, 0] += 2.0 * y[i]
+    return {"x": x, "y": y, "lengths": lengths}
+
+
+def write_sequences(path: Path, data: dict, labels: bool = True, label_names: tuple[str, str] | None = None) -> Path:
+    """``data`` (from ``toy_sequences``) as ``path``'s format: .npz, .csv or .parquet."""
+    import numpy as np
+
+    y = data["y"] if label_names is None else np.array(label_names)[data["y"]]
+    x, lengths = data["x"], data["lengths"]
+    rows = [row if isinstance(x, list) else x[i, : lengths[i]] for i, row in enumerate(x)]
+    if path.suffix == ".npz":
+        arrays = {"x": x, "lengths": lengths} | ({"y": y} if labels else {})
+        np.savez(path, **arrays)
+    elif path.suffix == ".csv":
+        import csv
+
+        with open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["id", "sequence", *(["label"] if labels else [])])
+            for i, row in enumerate(rows):
+                steps = " ".join(str(v) if isinstance(x, list) else f"{float(v[0]):.6g}" for v in row)
+                out.writerow([i, steps, *([y[i]] if labels else [])])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        seqs = [list(r) if isinstance(x, list) else r.tolist() for r in rows]
+        if not isinstance(x, list) and x.shape[2] == 1:
+            seqs = [[v[0] for v in s] for s in seqs]
+        table = {"sequence": seqs} | ({"label": list(y)} if labels else {})
+        pq.write_table(pa.table(table), path)
+    return path

@@ -89,8 +89,8 @@ def test_train_recall_equals_the_recall_of_every_step(tmp_path) -> None:
 
         def training_step(self, batch, batch_idx):
             with torch.no_grad():
-                self.preds.append((torch.sigmoid(self(batch[0])) >= 0.5).long())
-            self.targets.append(batch[1].long())
+                self.preds.append((torch.sigmoid(self(batch.x)) >= 0.5).long())
+            self.targets.append(batch.labels.long())
             return super().training_step(batch, batch_idx)
 
     torch.manual_seed(0)
@@ -214,10 +214,10 @@ def test_threshold_is_tuned_on_the_weighted_calibration_sets_and_boundary_accura
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=data)
-    from lightsum.data.datamodule import NATURAL
+    from lightsum.data.batches import NATURAL
 
     sets = {"val": data.val_set, "calibration": data.calibration_set, "boundary": data.boundary_set}
-    probs = {name: model.predict_proba(s.digits) for name, s in sets.items()}
+    probs = {name: model.predict_proba(s.x) for name, s in sets.items()}
     joined = data.validation_set
     tuning = ("val", "calibration")
     expected = tune_threshold(
@@ -247,7 +247,6 @@ def test_each_loss_trains_and_validates(loss: str, sampling: str, distribution: 
     # The losses meet the sampling only through the prior of logit adjustment, checked for every
     # strategy in tests/test_losses.py; DDP in tests/test_ddp.py.
     pl.seed_everything(0)
-    model = AdamClassifier(hidden_size=8, loss=loss, decision_threshold="tuned")
     trainer = pl.Trainer(
         max_epochs=1,
         logger=False,
@@ -265,9 +264,10 @@ def test_each_loss_trains_and_validates(loss: str, sampling: str, distribution: 
         calibration_per_sum=20,
         boundary_per_sum=20,
     )
+    model = AdamClassifier(hidden_size=8, loss=loss, decision_threshold="tuned", class_balance=data.class_balance)
     trainer.fit(model, datamodule=data)
     for name in ("train/loss_epoch", "val/loss", "val/min_recall", "val/boundary_accuracy"):
         assert torch.isfinite(trainer.callback_metrics[name]), name
-    share = data.positive_share()
+    share = data.class_balance.served_positive_share
     expected = np.log(share / (1 - share)) if loss == "logit_adjusted" else 0.0
     assert float(model.logit_adjustment) == pytest.approx(expected, rel=1e-5, abs=1e-7)

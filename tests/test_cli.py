@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, REPO, lightsum_process, scalars, tiny
+from conftest import CONFIGS, REPO, lightsum_process, scalars, tiny, tiny_files, toy_sequences, write_sequences
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightsum import SumClassifier
@@ -42,9 +42,16 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
                 out[f"{prefix}{key}"] = value
         return out
 
+    def data_init_args(key: str) -> str:  # the data is a subclass group: its keys live under init_args
+        return (
+            key
+            if not key.startswith("data.") or key.startswith(("data.class_path", "data.init_args."))
+            else ("data.init_args." + key[len("data.") :])
+        )
+
     resolved = leaves(printed)
     for key, value in leaves(yaml.safe_load(config.read_text())).items():
-        assert resolved[key] == value, key
+        assert resolved[data_init_args(key)] == value, key
 
 
 # ddp.yaml makes Lightning relaunch the running command once per device, so it is fitted in a
@@ -53,8 +60,12 @@ SINGLE_PROCESS_CONFIGS = [c for c in CONFIGS if c.name != "ddp.yaml"]
 
 
 @pytest.mark.parametrize("config", SINGLE_PROCESS_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_every_config_fits_and_logs(config: Path, run_root: Path) -> None:
-    cli = main(["fit", "--config", str(config), *tiny(run_root, epochs=1)])
+def test_every_config_fits_and_logs(config: Path, run_root: Path, tmp_path: Path) -> None:
+    if config.name == "files.yaml":  # needs a file: a small one of the toy sequences
+        args = tiny_files(run_root, write_sequences(tmp_path / "train.csv", toy_sequences(300)), epochs=1)
+    else:
+        args = ["--config", str(config), *tiny(run_root, epochs=1)]
+    cli = main(["fit", *args])
     run_dir = Path(cli.trainer.log_dir)
     series = scalars(run_dir)
     steps = cli.trainer.global_step
@@ -131,7 +142,9 @@ def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
     assert epoch == by_epoch.index(max(by_epoch))
     assert f"decision threshold {val['val/decision_threshold'][step]:.4g}" in summary[2]
     assert summary[3].startswith(f"  last checkpoint  {run_dir / 'checkpoints' / 'last.ckpt'}")
-    assert summary[5] == f"  python -m lightsum test --ckpt_path {best}"
+    # The data options repeat (the test set depends on them), the others do not.
+    data_options = [a.replace("=", " ", 1) for a in tiny(run_root) if a.startswith("--data.")]
+    assert summary[5] == f"  python -m lightsum test {' '.join(data_options)} --ckpt_path {best}"
 
     # Without --ckpt_path, test scores that best checkpoint, says so, and logs into its run folder.
     test_cli = main(["test", *tiny(run_root)])
@@ -168,7 +181,7 @@ def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
     torch.testing.assert_close(model.predict_proba(digits), trained.predict_proba(digits))
     # test/accuracy equals the reloaded model's own accuracy on the same test set.
     dm = test_cli.datamodule
-    preds = torch.as_tensor(model.predict(dm.test_set.digits))
+    preds = torch.as_tensor(model.predict(dm.test_set.x))
     accuracy = (preds == dm.test_set.labels.long()).float().mean()
     assert float(metrics["test/accuracy"]) == pytest.approx(float(accuracy), abs=1e-6)
 
@@ -192,7 +205,7 @@ def test_help_names_lightsum_and_opens_on_its_own_options(capsys: pytest.Capture
         main(["fit", "--help"])
     text = capsys.readouterr().out
     assert text.startswith("usage: lightsum [options] fit")
-    assert text.index("--model.hidden_size") < text.index("--data.sampling") < text.index("--trainer.max_epochs")
+    assert text.index("--model.hidden_size") < text.index("[--data CONFIG") < text.index("--trainer.max_epochs")
     assert text.index("\n  --model.hidden_size") < text.index("\n  --trainer.max_epochs")  # the option lists too
 
 
@@ -401,3 +414,12 @@ def test_from_a_shared_config_file_it_is_a_note(tmp_path: Path, run_root: Path, 
         "lightsum: --data.predict_path is read by predict only, and fit ignores it (it comes from a config file)"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "option"), [("SumDataModule", "--data.boundary_share"), ("SequenceFiles", "--data.train_path")]
+)
+def test_each_data_source_lists_its_options(source: str, option: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.help", source])
+    assert option in capsys.readouterr().out

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lightsum.data import SumDataModule
-from lightsum.data.datamodule import BOUNDARY, CALIBRATION, NATURAL, EachSequenceOnce, labels_of, natural_digits, stream
+from lightsum.data.batches import BOUNDARY, CALIBRATION, NATURAL, EachSequenceOnce
+from lightsum.data.digit_sums import labels_of, natural_digits, stream
 from lightsum.data.synthesis import class_probability, sum_probabilities
 
 
@@ -18,9 +19,9 @@ def make(stage: str = "fit", **kwargs) -> SumDataModule:
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
     a, b, c = make(seed=3), make(seed=3), make(seed=4)
-    assert torch.equal(a.train_set.digits, b.train_set.digits)
-    assert torch.equal(a.val_set.digits, b.val_set.digits)
-    assert not torch.equal(a.train_set.digits, c.train_set.digits)
+    assert torch.equal(a.train_set.x, b.train_set.x)
+    assert torch.equal(a.val_set.x, b.val_set.x)
+    assert not torch.equal(a.train_set.x, c.train_set.x)
 
 
 def test_generation_leaves_global_rng_alone() -> None:
@@ -31,7 +32,7 @@ def test_generation_leaves_global_rng_alone() -> None:
 
 def test_shapes_dtypes_and_labels() -> None:
     dm = make(seq_len=12, threshold=50)
-    digits, labels = dm.train_set.digits, dm.train_set.labels
+    digits, labels = dm.train_set.x, dm.train_set.labels
     assert digits.shape == (800, 12) and digits.dtype == torch.uint8
     assert int(digits.min()) >= 0 and int(digits.max()) <= 9
     assert torch.equal(labels.bool(), digits.long().sum(1) >= 50)
@@ -42,8 +43,8 @@ def test_test_set_is_an_independent_stream() -> None:
     dm = make("test", test_samples=800)
     fit = make("fit")
     # The test stream shares no draws with train (not a shifted copy of the same sequence).
-    assert not torch.equal(dm.test_set.digits[:800], fit.train_set.digits)
-    assert not any(torch.equal(dm.test_set.digits[:10], fit.train_set.digits[i : i + 10]) for i in range(790))
+    assert not torch.equal(dm.test_set.x[:800], fit.train_set.x)
+    assert not any(torch.equal(dm.test_set.x[:10], fit.train_set.x[i : i + 10]) for i in range(790))
 
 
 def test_negative_rate_over_a_million_samples_is_exact() -> None:
@@ -57,13 +58,13 @@ def test_negative_rate_over_a_million_samples_is_exact() -> None:
 def test_balanced_training_split_keeps_validation_natural() -> None:
     natural, balanced = make(), make(train_distribution="balanced")
     assert balanced.train_set.labels.double().mean().item() == pytest.approx(0.5, abs=1e-3)
-    assert torch.equal(natural.val_set.digits, balanced.val_set.digits)
+    assert torch.equal(natural.val_set.x, balanced.val_set.x)
 
 
 def test_boundary_training_split_draws_its_share_uniformly_over_the_window() -> None:
     dm = make(num_samples=50_000, train_distribution="boundary", boundary_share=0.4, boundary_window=10)
     natural = make(num_samples=50_000)
-    sums = dm.train_set.digits.long().sum(1)
+    sums = dm.train_set.x.long().sum(1)
     assert dm.window == (90, 109)
     inside = (sums >= 90) & (sums <= 109)
     # 40% drawn inside the window, plus the natural rows that fall there (exact natural share).
@@ -72,28 +73,26 @@ def test_boundary_training_split_draws_its_share_uniformly_over_the_window() -> 
     counts = torch.bincount(sums[inside] - 90, minlength=20).double()
     assert counts.min() / counts.max() > 0.8  # ~uniform over the 20 sums
     assert torch.equal(dm.train_set.labels.bool(), sums >= 100)
-    assert torch.equal(dm.val_set.digits, natural.val_set.digits)  # validation stays natural
+    assert torch.equal(dm.val_set.x, natural.val_set.x)  # validation stays natural
     again = make(num_samples=50_000, train_distribution="boundary", boundary_share=0.4, boundary_window=10)
-    assert torch.equal(again.train_set.digits, dm.train_set.digits)  # a pure function of the seed
+    assert torch.equal(again.train_set.x, dm.train_set.x)  # a pure function of the seed
 
 
-def test_boundary_rows_are_redrawn_each_epoch_with_their_sums_as_a_pure_function_of_seed_and_epoch() -> None:
+def test_near_rows_are_redrawn_each_epoch_with_their_sums_as_a_pure_function_of_seed_and_epoch() -> None:
     def epoch_digits(dm: SumDataModule, epoch: int) -> torch.Tensor:
         dm.epoch_sampler.set_epoch(epoch)  # as Lightning does before the epoch's first batch
         next(iter(dm.train_dataloader()))
-        return dm.train_set.digits.clone()
+        return dm.train_set.x.clone()
 
     dm = make(num_samples=5000, train_distribution="boundary", sampling="oversample")
-    first, labels = dm.train_set.digits.clone(), dm.train_set.labels.clone()
+    first, labels = dm.train_set.x.clone(), dm.train_set.labels.clone()
     e0, e1 = epoch_digits(dm, 0), epoch_digits(dm, 1)
-    rows = dm.boundary_rows
+    rows = dm.near_rows
     others = torch.ones(len(first), dtype=torch.bool)
     others[rows] = False
     assert torch.equal(e1[others], first[others])  # natural rows stay
     assert (e1[rows] != e0[rows]).any(1).float().mean() > 0.99  # new strings near the threshold ...
-    assert torch.equal(e1[rows].long().sum(1), dm.boundary_sums) and torch.equal(
-        e0[rows].long().sum(1), dm.boundary_sums
-    )
+    assert torch.equal(e1[rows].long().sum(1), dm.near_sums) and torch.equal(e0[rows].long().sum(1), dm.near_sums)
     assert torch.equal(dm.train_set.labels, labels)  # ... with the same sums, so the same labels
     other = make(num_samples=5000, train_distribution="boundary", sampling="oversample")
     assert torch.equal(epoch_digits(other, 1), e1) and torch.equal(epoch_digits(other, 0), e0)  # any order
@@ -112,9 +111,7 @@ def test_a_fit_trains_each_epoch_on_that_epochs_redraw() -> None:
     class FirstBatch(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == 0:
-                seen[trainer.current_epoch] = trainer.datamodule.train_set.digits[
-                    trainer.datamodule.boundary_rows
-                ].clone()
+                seen[trainer.current_epoch] = trainer.datamodule.train_set.x[trainer.datamodule.near_rows].clone()
 
     dm = SumDataModule(
         num_samples=3000,
@@ -141,22 +138,24 @@ def test_a_fit_trains_each_epoch_on_that_epochs_redraw() -> None:
     trainer.fit(Model(hidden_size=4), datamodule=dm)
     assert sorted(seen) == [0, 1, 2]
     for epoch, digits in seen.items():
-        assert torch.equal(digits, digits_with_sums(dm.boundary_sums, 30, stream(0, "boundary_redraw", epoch)))
+        assert torch.equal(digits, digits_with_sums(dm.near_sums, 30, stream(0, "boundary_redraw", epoch)))
 
 
 def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -> None:
     dm = make(num_samples=20_000, boundary_window=15, calibration_per_sum=50)
     cal, val = dm.calibration_set, dm.val_set
-    sums = cal.digits.long().sum(1)
+    sums = cal.x.long().sum(1)
     assert torch.equal(torch.bincount(sums, minlength=271)[85:115], torch.full((30,), 50))
     assert sums.min() == 85 and sums.max() == 114 and torch.equal(cal.labels.bool(), sums >= 100)
     p = sum_probabilities(30)
     torch.testing.assert_close(cal.weights, (p[sums] / 50).float())
     # One loader serves the three parts joined, each sequence tagged with its weight and part.
     batches = list(dm.val_dataloader())
-    digits, labels, weights, parts = (torch.cat(t) for t in zip(*batches))
+    digits, labels, weights, parts = (
+        torch.cat([getattr(b, k) for b in batches]) for k in ("x", "labels", "weights", "parts")
+    )
     val_weights = weights[parts == NATURAL]
-    val_sums = val.digits.long().sum(1)
+    val_sums = val.x.long().sum(1)
     inside = (val_sums >= 85) & (val_sums <= 114)
     assert torch.equal(val_weights == 0, inside)  # the calibration set stands in for them
     assert torch.equal(val_weights[~inside], torch.full((int((~inside).sum()),), 1 / len(val)))
@@ -168,16 +167,15 @@ def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -
         (BOUNDARY, dm.boundary_set, torch.zeros(n_boundary)),
     ):
         mine = parts == code
-        assert torch.equal(digits[mine], part.digits) and torch.equal(labels[mine], part.labels)  # in order
+        assert torch.equal(digits[mine], part.x) and torch.equal(labels[mine], part.labels)  # in order
         assert torch.equal(weights[mine], part_weights)
         # Interleaved evenly: the first tenth of the joined set holds a tenth of each part (+-1).
         assert abs(int(mine[: len(parts) // 10].sum()) - len(part) / 10) <= 1
+    # Without calibration and boundary sets validation batches are of the same type: every natural
+    # sequence weighs the same in tuning.
     bare = make(num_samples=20_000, calibration_per_sum=0, boundary_per_sum=0)
-    assert (
-        bare.validation_set is bare.val_set
-        and len(next(iter(bare.val_dataloader()))) == 2
-        and bare.val_set.weights is None
-    )
+    batch = next(iter(bare.val_dataloader()))
+    assert bool((batch.parts == NATURAL).all()) and torch.equal(batch.weights, torch.full((1024,), 1 / 4000))
     only_boundary = make(num_samples=20_000, calibration_per_sum=0)
     joined = only_boundary.validation_set
     assert torch.equal(joined.weights[joined.parts == NATURAL], torch.full((4000,), 1 / 4000))
@@ -185,24 +183,24 @@ def test_calibration_set_weights_the_window_back_to_the_natural_distribution() -
 
 def test_boundary_set_holds_equal_numbers_of_each_sum_threshold_minus_5_to_plus_4() -> None:
     dm = make(boundary_per_sum=30, threshold=120)
-    sums = dm.boundary_set.digits.long().sum(1)
+    sums = dm.boundary_set.x.long().sum(1)
     assert torch.equal(torch.bincount(sums, minlength=271)[115:125], torch.full((10,), 30)) and len(sums) == 300
     assert dm.boundary_set.labels.sum() == 150
     other = make(boundary_per_sum=30, threshold=120, seed=1)
-    assert not torch.equal(other.boundary_set.digits, dm.boundary_set.digits)
+    assert not torch.equal(other.boundary_set.x, dm.boundary_set.x)
 
 
 def test_loader_serves_whole_batches() -> None:
     dm = make(batch_size=64)
     loader = dm.train_dataloader()
-    digits, labels = next(iter(loader))
+    digits, labels, *_ = next(iter(loader))
     assert digits.shape == (64, 30) and digits.dtype == torch.uint8 and labels.shape == (64,)
     assert sum(len(b[1]) for b in loader) == len(dm.epoch_sampler)
 
 
 def test_evaluation_loaders_use_their_own_batch_size() -> None:
     dm = make(num_samples=10_000, batch_size=64, eval_batch_size=500, calibration_per_sum=0, boundary_per_sum=0)
-    assert [len(y) for _, y in dm.val_dataloader()] == [500, 500, 500, 500]  # 2,000 validation sequences
+    assert [len(b.labels) for b in dm.val_dataloader()] == [500, 500, 500, 500]  # 2,000 validation sequences
     assert len(next(iter(dm.train_dataloader()))[1]) == 64
 
 
@@ -231,7 +229,7 @@ def test_bad_arguments(kwargs: dict, named: str) -> None:
 
 
 def test_labels_of_sums_in_chunks_exactly() -> None:
-    from lightsum.data.datamodule import _LABEL_CHUNK
+    from lightsum.data.digit_sums import _LABEL_CHUNK
 
     digits = torch.randint(
         0, 10, (2 * _LABEL_CHUNK + 5, 30), generator=torch.Generator().manual_seed(3), dtype=torch.uint8
@@ -257,7 +255,7 @@ def test_predict_file_is_read_once_and_served(tmp_path) -> None:
     dm.load_predict_file()
     (tmp_path / "x.csv").unlink()  # setup must not read it again
     dm.setup("predict")
-    assert dm.predict_set.digits.tolist() == [[0] * 30, [9] * 30] and dm.predict_set.labels.tolist() == [0, 1]
+    assert dm.predict_set.x.tolist() == [[0] * 30, [9] * 30] and dm.predict_set.labels.tolist() == [0, 1]
     assert dm.test_set is None  # the generated test set is not made when a file is predicted
 
 
@@ -289,7 +287,7 @@ def test_placement_resolves_to_the_host_on_a_cpu_trainer() -> None:
     for placement in ("auto", "host", "device"):  # on a CPU trainer the device *is* the host
         dm = _attached(placement, "cpu")
         assert dm.data_device() == torch.device("cpu")
-        assert dm.train_set.digits.device.type == "cpu"
+        assert dm.train_set.x.device.type == "cpu"
     assert SumDataModule(placement="device").data_device() == torch.device("cpu")  # no trainer yet
 
 
@@ -307,7 +305,7 @@ def test_placement_is_a_checked_choice(placement: str) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_placement_serves_the_same_batches_with_no_host_sync() -> None:
     host, device = _attached("host", "gpu"), _attached("auto", "gpu")
-    assert device.train_set.digits.is_cuda and not host.train_set.digits.is_cuda
+    assert device.train_set.x.is_cuda and not host.train_set.x.is_cuda
     torch.cuda.set_sync_debug_mode("error")  # any blocking copy or host read in the loader raises
     try:
         on_device = [(d, y) for d, y in device.train_dataloader()]

@@ -67,11 +67,10 @@ def test_logit_adjusted_loss_is_bce_on_logits_shifted_by_the_served_prior(sampli
     data = SumDataModule(num_samples=4000, test_samples=500, sampling=sampling)
     data.setup("fit")
     expected = float(data.train_set.labels.double().mean()) if share is None else share
-    assert data.positive_share() == pytest.approx(expected, abs=1e-3)
-    model = SumClassifier(hidden_size=8, loss="logit_adjusted", logit_tau=0.7)
-    model.trainer = type("T", (), {"datamodule": data})()  # setup reads only trainer.datamodule
+    assert data.class_balance.served_positive_share == pytest.approx(expected, abs=1e-3)
+    model = SumClassifier(hidden_size=8, loss="logit_adjusted", logit_tau=0.7, class_balance=data.class_balance)
     model.setup("fit")
-    offset = 0.7 * math.log(data.positive_share() / (1 - data.positive_share()))
+    offset = 0.7 * math.log(data.class_balance.served_positive_share / (1 - data.class_balance.served_positive_share))
     assert float(model.logit_adjustment) == pytest.approx(offset, rel=1e-6)
     logits, target = torch.tensor([-2.0, 0.5, 3.0]), torch.tensor([0, 1, 1])
     torch.testing.assert_close(

@@ -39,13 +39,13 @@ def read_predictions(path: Path) -> np.ndarray:
 def test_predict_a_csv_file(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lightsum.data import datamodule
+    from lightsum.data import digit_sums
 
     reads = []  # the CLI checks the whole file before the trainer exists; setup() serves what it read then
     monkeypatch.setattr(
-        datamodule,
+        digit_sums,
         "read_sequences",
-        lambda path, seq_len, read=datamodule.read_sequences: reads.append(path) or read(path, seq_len),
+        lambda path, seq_len, read=digit_sums.read_sequences: reads.append(path) or read(path, seq_len),
     )
     source = write_csv(tmp_path / "mine.csv", DIGITS, comma=False)
     main(

@@ -341,14 +341,14 @@ def test_every_bad_npy_file_is_one_line_and_changes_nothing(
 def test_a_file_larger_than_the_memory_available_is_refused(
     form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lightsum.data import datamodule
+    from lightsum.data import memory
 
     path = tmp_path / f"mine.{form}"
     if form == "npy":
         np.save(path, DIGITS)
     else:
         path.write_text("".join(",".join(map(str, row)) + "\n" for row in DIGITS))
-    monkeypatch.setattr(datamodule, "available_memory", lambda: 9000)  # 300 sequences need 300 x 31 bytes
+    monkeypatch.setattr(memory, "available_memory", lambda: 9000)  # 300 sequences need 300 x 31 bytes
     with pytest.raises(
         ValueError,
         match=f"^data.predict_path: {path} holds 300 sequences, 0.0 GB in memory; this machine has 0.0 GB available",

@@ -44,7 +44,7 @@ def test_report_draws_a_figure_and_a_table(run_dir: Path, tmp_path: Path, capsys
         "missed_0",
         "missed_1",
         "boundary_accuracy",
-        "average_precision_0",
+        "average_precision_minority",
         "auroc",
     )
     expected = [
@@ -53,7 +53,7 @@ def test_report_draws_a_figure_and_a_table(run_dir: Path, tmp_path: Path, capsys
     ]
     assert table.splitlines()[0] == (
         "| run | strategy | recall_0 | recall_1 | min_recall | missed_0 | missed_1 | "
-        "boundary_accuracy | average_precision_0 | auroc | best epoch | epochs | seconds |"
+        "boundary_accuracy | average_precision_minority | auroc | best epoch | epochs | seconds |"
     )
     assert cells[1] == "boundary 0.5, threshold tuned"
     assert cells[2:10] == expected

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightsum import SumClassifier, SumDataModule
-from lightsum.data.datamodule import DigitBatches
+from lightsum.data.batches import SequenceSet
 from lightsum.data.samplers import ResampledSampler
 
 LABELS = torch.tensor([0] * 20 + [1] * 980)  # 2% minority, label 0 as in the digit-sum data
@@ -73,7 +73,7 @@ def test_bad_arguments() -> None:
 
 
 # --- DDP ------------------------------------------------------------------------------------------
-class RecordingBatches(DigitBatches):
+class RecordingBatches(SequenceSet):
     """Remembers every index the loader fetched on this rank."""
 
     seen: list[int]
@@ -87,7 +87,7 @@ class RecordingData(SumDataModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit" and not isinstance(self.train_set, RecordingBatches):
-            self.train_set = RecordingBatches(self.train_set.digits, self.train_set.labels)
+            self.train_set = RecordingBatches(self.train_set.x, self.train_set.labels)
             self.train_set.seen = []
 
 

@@ -110,8 +110,14 @@ def _special_kind(real: Path) -> str | None:
     return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
 
 
+def csv_field(text: str) -> str:
+    """``text`` as one CSV field: quoted when it holds a comma, quote or line break."""
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+
+
 class PredictionCSV(BasePredictionWriter):
-    """Writes ``predict`` results to a CSV file: ``row,probability,label`` (row: 0-based input position).
+    """Writes ``predict`` results to a CSV file: ``row,probability,label`` (row: 0-based input position;
+    label: 0/1 for digit sums, the class's own name for a model trained on files).
 
     Rows stream to a temporary file beside the output, renamed over it only when every batch is
     written (``lightsum.atomic.AtomicFile``): an interrupted run never leaves a partial file under
@@ -128,6 +134,7 @@ class PredictionCSV(BasePredictionWriter):
         self.path = path
         self._out: AtomicFile | None = None
         self._rows = 0
+        self._names: list[str] | None = None
 
     @staticmethod
     def source(trainer: pl.Trainer) -> str | None:
@@ -152,6 +159,9 @@ class PredictionCSV(BasePredictionWriter):
         self._out.open()
         self._out.write("row,probability,label\n")
         self._rows = 0
+        # Files' classes by their own names (a model trained on "ok"/"fraud" labels writes those).
+        classes = (pl_module.hparams.get("schema") or {}).get("classes")
+        self._names = [csv_field(str(name)) for name in classes] if classes else None
 
     def write_on_batch_end(
         self,
@@ -165,6 +175,8 @@ class PredictionCSV(BasePredictionWriter):
     ) -> None:
         probs = prediction["probability"].float().cpu().tolist()
         labels = prediction["label"].cpu().tolist()
+        if self._names is not None:
+            labels = [self._names[y] for y in labels]
         rows = range(self._rows, self._rows + len(probs))
         self._out.write("".join(f"{r},{p:.7g},{y}\n" for r, p, y in zip(rows, probs, labels)))
         self._rows += len(probs)

@@ -1,5 +1,8 @@
-"""The data: exact synthesis, resampling samplers, users' sequence files, and the data module."""
+"""The data: two sources (generated digit sums, users' sequence files) over one shared layer of sets,
+loaders and samplers."""
 
-from lightsum.data.datamodule import SumDataModule
+from lightsum.data.digit_sums import SumDataModule
+from lightsum.data.module import ClassBalance, SequenceDataModule
+from lightsum.data.sequence_files import SequenceFiles
 
-__all__ = ["SumDataModule"]
+__all__ = ["ClassBalance", "SequenceDataModule", "SequenceFiles", "SumDataModule"]

@@ -162,7 +162,7 @@ def read_sequences(path: str | os.PathLike, seq_len: int) -> torch.Tensor:
 
 def _check_room(where: str, rows: int, seq_len: int) -> None:
     """Refuse a file whose sequences (and their labels, a byte each) the machine cannot hold."""
-    from lightsum.data.datamodule import available_memory  # here: the data module imports this module
+    from lightsum.data.memory import available_memory  # here: the data module imports this module
 
     needed, available = rows * (seq_len + 1), available_memory()
     if available is not None and needed > available:

@@ -231,15 +231,23 @@ class LSTM(nn.LSTM):
     def forward(  # type: ignore[override]
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``input`` (B, T, input_size), or (T, input_size) unbatched -> ``(output, (h_n, c_n))``."""
+        """``input`` (B, T, input_size), (T, input_size) unbatched, or a ``PackedSequence`` (sigmoid
+        only) -> ``(output, (h_n, c_n))``."""
         if self.recurrent_activation == "hard_sigmoid":
             return self._recurrence(input, hx, "hard_sigmoid")
-        if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        packed = isinstance(input, PackedSequence)
+        device = (input.data if packed else input).device
+        if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # CPU autocast sends the LSTM to oneDNN's bf16 kernel, which needs AVX-512 BF16 and fails
             # elsewhere ("could not create a primitive descriptor", seen on an AVX2 EPYC): run the
             # recurrence in float32 instead, as autocast does with other precision-sensitive ops.
+            input = (
+                PackedSequence(input.data.float(), input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+                if packed
+                else input.float()
+            )
             with torch.autocast("cpu", enabled=False):
-                return super().forward(input.float(), None if hx is None else (hx[0].float(), hx[1].float()))
+                return super().forward(input, None if hx is None else (hx[0].float(), hx[1].float()))
         return super().forward(input, hx)
 
     def _recurrence(

@@ -29,6 +29,7 @@ PAGES = [
     "docs/resume.md",
     "docs/clusters.md",
     "docs/benchmarks.md",
+    "docs/your-data.md",
 ]
 SKIPPED = {  # command prefix -> why it cannot run here
     "sbatch ": "needs SLURM",
@@ -48,9 +49,14 @@ TINY = [
 LIGHTSUM = re.compile(r"^python -m lightsum (fit|validate|test|predict)\b")
 
 
+# Users' files: the file's size is the file's; only the epochs and the model shrink.
+TINY_FILES = ["--trainer.max_epochs=1", "--model.hidden_size=8", "--trainer.enable_progress_bar=false"]
+
+
 def tiny_for(command: str) -> list[str]:
     """The TINY limits a documented command does not set itself (a smoke run's sizes, a resume's epochs)."""
-    return [limit for limit in TINY if f" {limit.split('=')[0]} " not in f"{command} ".replace("=", " ")]
+    limits = TINY_FILES if "configs/files.yaml" in command else TINY
+    return [limit for limit in limits if f" {limit.split('=')[0]} " not in f"{command} ".replace("=", " ")]
 
 
 def commands(page: Path) -> list[str]:

@@ -157,3 +157,11 @@ def test_predict_proba_reads_raw_sequences_as_training_did(tmp_path: Path) -> No
     torch.testing.assert_close(torch.from_numpy(model.predict_proba(ragged)), expected)
     padded = model.predict_proba(raw["x"][rows], lengths=raw["lengths"][rows])
     torch.testing.assert_close(torch.from_numpy(padded), expected)
+
+
+def test_sets_read_the_files_memory_map_so_processes_share_one_copy(numbers_csv: Path) -> None:
+    data = files(numbers_csv, placement="host")
+    values = data.read("train_path").values
+    assert isinstance(values, np.memmap)  # the cache beside the file, mapped read-only
+    for split in (data.train_set, data.validation_set):
+        assert split.x.data_ptr() == values.ctypes.data  # not a copy: splits index rows of the map

@@ -28,6 +28,14 @@ class HparamsSession(pl.Callback):
         if trainer.global_rank != 0:
             return
         params = {f"model.{k}": v for k, v in pl_module.hparams.items()}
+        schema = pl_module.hparams.get("schema")
+        if schema:  # a vocabulary can be thousands of tokens: the tab gets what tells runs apart
+            size = (
+                f"{schema['features']} features"
+                if schema["steps"] == "numbers"
+                else f"{len(schema['vocabulary'])} tokens"
+            )
+            params["model.schema"] = f"{schema['steps']} ({size}), classes {' / '.join(map(str, schema['classes']))}"
         if trainer.datamodule is not None:
             params.update({f"data.{k}": v for k, v in trainer.datamodule.hparams.items()})
         # TensorBoard accepts only numbers, strings and booleans; "_instantiator" is Lightning's bookkeeping.

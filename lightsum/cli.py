@@ -237,6 +237,8 @@ class SumCLI(LightningCLI):
         if config.get("ckpt_path") == "hpc":  # Lightning's pre-emption checkpoints, in the trainer's root folder
             folder = Path(config.trainer.get("default_root_dir") or ".")
             config.ckpt_path = str(newest_loadable(folder.glob("hpc_ckpt_*.ckpt"), str(folder)))
+            if self.subcommand != "fit":  # fit's own check below adopts it
+                adopt_checkpoint_data(config, config.ckpt_path)
         if self.subcommand == "fit" and config.get("ckpt_path") not in (None, "last", "best", "hpc"):
             path, trainer = config.ckpt_path, config.trainer
             checkpoint = read_checkpoint(path)

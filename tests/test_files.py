@@ -397,11 +397,11 @@ def test_memory_estimates_refuse_before_reading(tmp_path: Path, monkeypatch: pyt
         assert "split the file" in message
     monkeypatch.setattr(files, "available_memory", lambda: None)  # unknown: no refusal
     assert read(csv_path, cache=False).num_rows == 2
-    # The .npz estimate is exact: stored arrays, the float32 copy, the lengths.
+    # The .npz estimate: the sequences as float32 (converted a block at a time), the other arrays as
+    # stored, the lengths.
     with zipfile.ZipFile(npz_path) as zf:
         used = {"x": "x.npy", "y": "y.npy"}
-        stored = sum(zf.getinfo(m).file_size for m in used.values())
-        assert files._npz_bytes(zf, used, (10, 4), np.dtype(np.float64)) == stored + 160 + 80
+        assert files._npz_bytes(zf, used, "x", (10, 4)) == 160 + zf.getinfo("y.npy").file_size + 80
     assert files._csv_bytes(1000) == 500 * 4 + 250 * 16
 
 
@@ -560,3 +560,17 @@ def test_a_file_named_like_the_cache_is_left_alone(tmp_path: Path) -> None:
     cache_folder(path).write_text("the user's own file")
     file = read(path)
     assert file.lengths.tolist() == [1, 1] and cache_folder(path).read_text() == "the user's own file"
+
+
+def test_npz_converted_a_block_of_rows_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float64, big-endian and Fortran-ordered arrays convert to the same float32 across blocks."""
+    monkeypatch.setattr(files, "_CHUNK_ROWS", 3)
+    x = np.random.default_rng(0).standard_normal((10, 4, 2))
+    y = np.arange(10) % 2
+    for name, stored in [("c", x), ("be", x.astype(">f8")), ("f", np.asfortranarray(x)), ("i", (x * 9).astype(int))]:
+        file = read(npz(tmp_path / f"{name}.npz", x=stored, y=y), cache=False)
+        np.testing.assert_array_equal(file.values, stored.astype(np.float32))
+    x[7, 2, 1] = 1e300
+    refused(
+        npz(tmp_path / "big.npz", x=x, y=y), r"array 'x', row 7, step 2, feature 1: the value is 1e\+300, too large"
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -44,6 +45,8 @@ CACHE_SUFFIX = ".lightsum"  # the cache of train.csv is the folder train.csv.lig
 CACHE_VERSION = 1  # bump when the cache's layout or meaning changes: older caches are rebuilt
 MAX_LABELS = 256  # label codes are uint8
 _CHUNK_ROWS = 65_536  # rows parsed (csv) or converted (parquet, npz) at a time: temporaries stay small
+_OWN_MAP_BYTES = 1 << 20  # a chunk this large is kept in a memory map of its own (see _own)
+_PARQUET_BUFFER = 1 << 20  # bytes read from a .parquet file at a time (pyarrow's default reads a column chunk whole)
 _ORPHAN_AGE_S = 24 * 3600  # a partial cache folder this old is a killed writer's, not a slow one's
 _PARTIAL = ".lightsum-partial-"  # name part of the temporary folder a cache is built in
 _CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB a field) is short for a long sequence
@@ -374,7 +377,8 @@ class _LabelColumn:
                 f"{self.column} has {len(names)} distinct label values, more than {MAX_LABELS}: "
                 "is it the label column? Labels are classes"
             )
-        return np.concatenate([final[c] for c in self.chunks]).astype(np.uint8), names
+        chunks, self.chunks = self.chunks, []  # the int64 codes are not kept beside the uint8 ones
+        return np.concatenate([final[c].astype(np.uint8) for c in chunks]), names
 
 
 def _finish_tokens(coder: _Coder) -> tuple[tuple[str, ...], np.ndarray]:
@@ -389,12 +393,28 @@ def _finish_tokens(coder: _Coder) -> tuple[tuple[str, ...], np.ndarray]:
 # Padding: compact chunks to (N, L[, F]) ----------------------------------------------------------
 
 
+def _own(array: np.ndarray) -> np.ndarray:
+    """A chunk of compact steps as ``_Chunks`` keeps it: a large one copied into an anonymous memory
+    map of its own, which goes back to the system the moment ``pad`` drops it.
+
+    Kept as it comes, a chunk lives in the allocator's heap (numpy's, below glibc's mmap threshold) or
+    is a view of Arrow's buffers (a whole batch's), and dropping it does not lower the process's
+    memory: the compact steps and the padded array would then peak at twice the data.
+    """
+    if array.nbytes < _OWN_MAP_BYTES:
+        return array
+    own = np.frombuffer(mmap.mmap(-1, array.nbytes), dtype=array.dtype).reshape(array.shape)
+    own[...] = array
+    return own
+
+
 @dataclass
 class _Chunks:
     """A file read chunk by chunk: per chunk the lengths, the valid steps (compact), the labels."""
 
     lengths: list[np.ndarray] = field(default_factory=list)
-    steps: list[np.ndarray] = field(default_factory=list)  # float32 (steps, F) or int32 provisional token codes
+    # float32 (steps, F) or int32 provisional token codes, each in memory of its own (_own)
+    steps: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)  # int64 provisional label codes
 
     def pad(self, source: _Source, features: int, token_map: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -543,11 +563,11 @@ class _CsvSteps:
         if self.numbers is None:
             self.numbers = self._first_row_is_numbers(seqs[0])
         if self.numbers:
-            chunks.steps.append(self._numbers(seqs, counts, first_row).reshape(-1, 1))
+            chunks.steps.append(_own(self._numbers(seqs, counts, first_row).reshape(-1, 1)))
         else:
             if self.tokens is None:
                 self.tokens = _Coder()
-            chunks.steps.append(_token_codes(self.tokens, seqs))
+            chunks.steps.append(_own(_token_codes(self.tokens, seqs)))
         chunks.lengths.append(counts)
 
     def _first_row_is_numbers(self, cell: str) -> bool:
@@ -645,25 +665,30 @@ def _token_codes(coder: _Coder, seqs: list[str]) -> np.ndarray:
 # .npz ---------------------------------------------------------------------------------------------
 
 
+def _read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """Shape, Fortran order and dtype of the .npy stream ``f``, left at its data (None: unknown header)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return None
+    return tuple(shape), fortran, dtype
+
+
 def _npz_header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype] | None:
     """An array's shape and dtype from its .npy header, without reading the array (None: unknown header)."""
     with zf.open(member) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            return None
-    return tuple(shape), dtype
+        header = _read_npy_header(f)
+    return None if header is None else (header[0], header[2])
 
 
-def _npz_bytes(zf: zipfile.ZipFile, members: dict[str, str], x_shape: tuple[int, ...], x_dtype: np.dtype) -> int:
-    """The memory reading a .npz needs, exactly: its arrays as stored, plus the float32 copy of the
-    sequences when they are stored otherwise, plus the lengths when the file has none."""
-    stored = sum(zf.getinfo(m).file_size for m in members.values())
-    copy = math.prod(x_shape) * 4 if x_dtype != np.dtype(np.float32) else 0
-    return stored + copy + x_shape[0] * 8
+def _npz_bytes(zf: zipfile.ZipFile, members: dict[str, str], x_key: str, x_shape: tuple[int, ...]) -> int:
+    """The memory reading a .npz needs: the sequences as float32 (they are converted from the archive
+    a block of rows at a time, whatever their dtype), the other arrays as stored, and the lengths."""
+    others = sum(zf.getinfo(m).file_size for k, m in members.items() if k != x_key)
+    return math.prod(x_shape) * 4 + others + x_shape[0] * 8
 
 
 def _read_npz(source: _Source, options: _Options, size: int) -> _Table:
@@ -679,9 +704,9 @@ def _read_npz(source: _Source, options: _Options, size: int) -> _Table:
                 )
             used = {k: members[k] for k in (x_key, y_key, len_key) if k in members}
             headers = {k: _npz_header(zf, m) for k, m in used.items()}
-            x_shape, x_dtype = _check_npz_x(source, x_key, headers[x_key])
-            _check_memory(source, _npz_bytes(zf, used, x_shape, x_dtype), "reading it")
-        return _load_npz(source, options, used)
+            x_shape, _ = _check_npz_x(source, x_key, headers[x_key])
+            _check_memory(source, _npz_bytes(zf, used, x_key, x_shape), "reading it")
+        return _load_npz(source, options, used, x_shape)
     except _Refused:
         raise
     except zipfile.BadZipFile:
@@ -724,19 +749,41 @@ def _check_npz_dtype(source: _Source, key: str, dtype: np.dtype, kinds: str, wha
         source.fail(f"array {key!r} has dtype {dtype}: it must hold {what}")
 
 
-def _load_npz(source: _Source, options: _Options, used: dict[str, str]) -> _Table:
+def _load_npz(source: _Source, options: _Options, used: dict[str, str], shape: tuple[int, ...]) -> _Table:
     x_key, y_key, len_key = options.npz_keys
+    rows = shape[0]
     with np.load(source.path, allow_pickle=False) as npz:
-        x = npz[x_key]
-        rows = x.shape[0]
-        lengths = _npz_lengths(source, len_key, npz[len_key], x.shape) if len_key in used else None
+        lengths = _npz_lengths(source, len_key, npz[len_key], shape) if len_key in used else None
         y = npz[y_key] if y_key in used else None
     codes, names = _npz_labels(source, y_key, y, rows, options.labels) if y is not None else (None, ())
-    values = _npz_values(source, options.npz_keys, x, lengths)
-    del x
+    with zipfile.ZipFile(source.path) as zf:
+        values = _npz_values(source, options.npz_keys, _npz_blocks(zf, used[x_key]), shape, lengths)
     if lengths is None:
         lengths = np.full(rows, values.shape[1], dtype=np.int64)
     return _Table(values, lengths, codes, names, None)
+
+
+def _npz_blocks(zf: zipfile.ZipFile, member: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of an archive's array, ``_CHUNK_ROWS`` rows at a time in its stored dtype,
+    read from the archive as they are needed: the whole array (float64, say) is never in memory
+    beside its float32 conversion."""
+    with zf.open(member) as f:
+        header = _read_npy_header(f)
+        if header is None:
+            raise ValueError(f"{member} has an unknown .npy header version")
+        shape, fortran, dtype = header
+        if fortran:  # stored column by column: rows cannot be read a block at a time
+            whole = np.frombuffer(f.read(), dtype=dtype).reshape(shape, order="F")
+            for start in range(0, shape[0], _CHUNK_ROWS):
+                yield start, whole[start : start + _CHUNK_ROWS]
+            return
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        for start in range(0, shape[0], _CHUNK_ROWS):
+            count = min(_CHUNK_ROWS, shape[0] - start)
+            data = f.read(count * row_bytes)
+            if len(data) != count * row_bytes:
+                raise ValueError(f"{member} is truncated")
+            yield start, np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
 
 
 def _npz_lengths(source: _Source, key: str, lengths: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -767,23 +814,28 @@ def _npz_labels(
     return column.finish()
 
 
-def _npz_values(source: _Source, keys: tuple[str, ...], x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """``x`` as float32 (N, L, F), its padding (past ``lengths``) zeroed, refused at the first
-    valid step that is NaN, infinite, or too large for float32."""
-    with np.errstate(over="ignore"):  # a value float32 cannot hold becomes inf: refused below, by row
-        values = x.astype(np.float32, copy=False).reshape(x.shape[0], x.shape[1], -1)
-    if not values.flags.writeable:
-        values = values.copy()
+def _npz_values(
+    source: _Source,
+    keys: tuple[str, ...],
+    blocks: Iterable[tuple[int, np.ndarray]],
+    shape: tuple[int, ...],
+    lengths: np.ndarray | None,
+) -> np.ndarray:
+    """The sequences' ``blocks`` of rows converted into one float32 (N, L, F) array, padding (past
+    ``lengths``) zeroed, refused at the first valid step that is NaN, infinite, or too large for float32."""
+    values = np.empty((shape[0], shape[1], math.prod(shape[2:])), dtype=np.float32)
     steps = np.arange(values.shape[1])
-    for start in range(0, len(values), _CHUNK_ROWS):
-        block = values[start : start + _CHUNK_ROWS]
+    for start, x in blocks:
+        block = values[start : start + len(x)]
+        with np.errstate(over="ignore"):  # a value float32 cannot hold becomes inf: refused below, by row
+            block[...] = x.reshape(block.shape)
         if lengths is not None:
             # Padding may hold anything (NaN marks it in many exports): it is 0.0 here, and not checked.
-            block[steps >= lengths[start : start + _CHUNK_ROWS, None]] = 0.0
+            block[steps >= lengths[start : start + len(x), None]] = 0.0
         bad = ~np.isfinite(block)
         if bad.any():
             row, step, feature = (int(i) for i in np.argwhere(bad)[0])
-            original = float(x.reshape(values.shape)[start + row, step, feature])
+            original = float(x.reshape(block.shape)[row, step, feature])
             what = _not_finite(original, shown=True)
             at = f", feature {feature}" if values.shape[2] > 1 else ""
             hint = f"; if it marks padding, save the rows' lengths as {keys[2]!r}" if lengths is None else ""
@@ -824,7 +876,9 @@ def _parquet_bytes(metadata: Any, column: str) -> int:
 def _read_parquet(source: _Source, options: _Options, size: int) -> _Table:
     pa = _pyarrow(source)
     try:
-        parquet = pa.parquet.ParquetFile(source.path)
+        # Read the file a buffer at a time, not each row group's column chunks whole (pre_buffer, and
+        # buffer_size=0, pyarrow's defaults): a row group is a million rows by default.
+        parquet = pa.parquet.ParquetFile(source.path, buffer_size=_PARQUET_BUFFER, pre_buffer=False)
     except (pa.ArrowException, OSError) as error:
         source.fail(f"is not a Parquet file ({_one_line(error)}): save it with pyarrow or pandas.to_parquet")
     schema = parquet.schema_arrow
@@ -847,8 +901,10 @@ def _read_parquet(source: _Source, options: _Options, size: int) -> _Table:
             if labels is not None:
                 _parquet_labels(labels, batch.column(label), row, pa)
             row += batch.num_rows
+        batch = None  # the last batch's buffers go back to the pool with the others
     except pa.ArrowException as error:
         source.fail(f"cannot be read ({_one_line(error)}): save it again")
+    pa.default_memory_pool().release_unused()  # the pool keeps freed batches' memory otherwise
     codes, names = labels.finish() if labels is not None else (None, ())
     token_map = None
     if steps.tokens is not None:
@@ -900,10 +956,11 @@ class _ParquetSteps:
             )
         steps = column.flatten()
         self._no_nulls(steps, first_row, lambda i: _locate(lengths, i))
+        # A copy of our own: a view would keep the batch's Arrow buffers (and the pool's memory) alive.
         if self.tokens is not None:
-            chunks.steps.append(self._token_codes(steps, lengths, first_row))
+            chunks.steps.append(_own(self._token_codes(steps, lengths, first_row)))
         else:
-            chunks.steps.append(self._numbers(steps, lengths, first_row))
+            chunks.steps.append(_own(self._numbers(steps, lengths, first_row)))
         chunks.lengths.append(lengths)
 
     def _no_nulls(self, array: Any, first_row: int, where: Any) -> None:

@@ -93,7 +93,7 @@ class SequenceFiles(SequenceDataModule):
         """The file of ``data.<key>`` (e.g. ``train_path``), read once."""
         path = self.hparams[key]
         if path is None:
-            raise ValueError(f"data.{key} is not set: {key.split('_')[0]} needs a file (--data.{key} FILE)")
+            raise ValueError(f"data.{key} is not set: give --data.{key} FILE")
         if key not in self.files:
             h = self.hparams
             self.files[key] = read_sequence_file(
@@ -247,7 +247,14 @@ class SequenceFiles(SequenceDataModule):
     def evaluation_file(self, split: str) -> tuple[str, str | None]:
         """(data key, split of the training file or None) of the ``val`` or ``test`` set."""
         key = f"{split}_path"
-        return (key, None) if self.hparams[key] is not None else ("train_path", split)
+        if self.hparams[key] is not None:
+            return key, None
+        if self.hparams.train_path is None:
+            raise ValueError(
+                f"data.{key} and data.train_path are not set: give --data.{key} FILE, or the --data.train_path "
+                f"the model was trained with (its {split} split is carved from it)"
+            )
+        return "train_path", split
 
     def load_predict_file(self) -> None:
         """Read and check ``predict_path`` now (the CLI calls it before a run folder is made)."""

@@ -301,3 +301,24 @@ def test_tokens_have_no_length_limit(activation: str) -> None:
 def test_num_embeddings_must_leave_room_for_padding() -> None:
     with pytest.raises(ValueError, match="num_embeddings"):
         SumNet(1, 8, num_embeddings=1)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_packed_and_gathered_last_states_agree(num_layers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU packs the fused LSTM's batches; a CPU gathers from the whole padded batch. Forced both
+    # ways here (packing runs on a CPU too), they give the same logits and gradients.
+    from lightsum.nn import sumnet
+
+    torch.manual_seed(0)
+    net = SumNet(3, 16, num_layers=num_layers).eval()
+    x = torch.randn(6, 9, 3, requires_grad=True)
+    lengths = torch.tensor([9, 2, 5, 1, 9, 4])
+    results = []
+    for pack in (True, False):
+        monkeypatch.setattr(sumnet, "packs", lambda lstm, x, pack=pack: pack)
+        x.grad = None
+        logits = net(x, lengths)
+        logits.sum().backward()
+        results.append((logits.detach(), x.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)

@@ -15,6 +15,11 @@ _INITS = ("torch", "keras")
 _KERAS_EMBEDDING_LIMIT = 0.05  # Keras' Embedding default: RandomUniform(-0.05, 0.05)
 
 
+def packs(lstm: LSTM, x: Tensor) -> bool:
+    """Whether a padded batch is packed for ``lstm``: the fused sigmoid LSTM on a GPU."""
+    return lstm.recurrent_activation == "sigmoid" and x.is_cuda
+
+
 class SumNet(nn.Module):
     """LSTM -> last step's hidden state -> Dropout -> Linear(hidden, 1): one logit per sequence.
 
@@ -124,11 +129,11 @@ class SumNet(nn.Module):
             lengths: int (B,) steps of each sequence, each in [1, T], on the CPU or on ``x``'s
                 device; padding fills the steps after. ``None``: every sequence is T steps long
                 (the fixed-length path, unchanged and with no extra work). With the ``sigmoid``
-                LSTM the padding is never read (the batch is packed, which needs the lengths on
-                the CPU: lengths on a GPU cost one device sync); with ``hard_sigmoid`` the padded
+                LSTM on a GPU the padding is never read (the batch is packed, which needs the
+                lengths on the CPU: lengths on a GPU cost one device sync); otherwise the padded
                 batch runs whole and each row's output is taken at its own last step, so padding
-                must be finite (NaN or inf there would reach the gradients) but lengths on the GPU
-                cost no sync. Range and shape are checked when ``lengths`` is on the CPU.
+                must be finite (NaN or inf there would reach the gradients). Range and shape are
+                checked when ``lengths`` is on the CPU.
         """
         if self.embedding is not None:
             x = self.embedding(x)
@@ -146,24 +151,26 @@ class SumNet(nn.Module):
             raise ValueError(f"lengths must have shape ({batch},) for a batch of {batch}, got {tuple(lengths.shape)}")
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
-        on_cpu = lengths.device.type == "cpu"
-        if self.lstm.recurrent_activation == "sigmoid":
-            lengths = lengths.cpu()  # pack_padded_sequence wants them there: a sync if they were on a GPU
-            on_cpu = True
-        if on_cpu:
+        # Packed sequences where the fused kernel runs them natively (cuDNN); elsewhere (oneDNN on
+        # a CPU runs only unpacked batches, and packed ones fall back to a slow path) the padded
+        # batch runs whole and each row's last state is gathered: the same values, as the
+        # recurrence runs forward in time (docs/benchmarks.md has the two measured side by side).
+        pack = packs(self.lstm, x)
+        if pack:
+            lengths = lengths.cpu()  # pack_padded_sequence wants them there: one device sync
+        if lengths.device.type == "cpu":
             shortest, longest = int(lengths.min()), int(lengths.max())
             if shortest < 1 or longest > steps:
                 raise ValueError(f"lengths must be in [1, {steps}] (T of x), got {shortest} .. {longest}")
             if shortest == steps:  # nothing padded: the fixed-length path
                 _, (h_n, _) = self.lstm(x)
                 return h_n[-1]
-        if self.lstm.recurrent_activation == "sigmoid":
+        if pack:
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             _, (h_n, _) = self.lstm(packed)
             return h_n[-1]  # back in the batch's order (nn.LSTM un-sorts h_n with enforce_sorted=False)
-        # hard_sigmoid: the whole padded batch, then each row's output at its own last step. The
-        # recurrence runs forward in time, so steps after a row's last one cannot change it, and
-        # backward sends exactly zero gradient to them.
+        # The whole padded batch, then each row's output at its own last step: steps after a row's
+        # last one cannot change it, and backward sends exactly zero gradient to them.
         output, _ = self.lstm(x)  # (B, T, H), the top layer
         index = (lengths.to(device=output.device, dtype=torch.long) - 1).view(batch, 1, 1)
         return output.gather(1, index.expand(batch, 1, output.shape[2])).squeeze(1)

@@ -22,8 +22,8 @@ float32 steps + 8 bytes a row of lengths + 1 of label. Target: ratio <= 2.0. The
 the process's resident memory after the read, split into anonymous memory and mapped file pages
 (the cache's memory maps count in RSS once touched: ``schema()`` reads every training row).
 
-The epoch: in one process, alternating, one training epoch of the same ``SumClassifier`` (hidden 64,
-Adam, batch 256) over (A) ``SequenceFiles`` on a ``--epoch-rows`` x 30 ``.npz`` file (cache warm,
+The epoch: in one process (torch on one thread), alternating, one training epoch of the same
+``SumClassifier`` (hidden 64, Adam, batch 256) over (A) ``SequenceFiles`` on a ``--epoch-rows`` x 30 ``.npz`` file (cache warm,
 host placement) and (B) the same shapes generated in memory (a float32 (rows, 30, 1) tensor served
 through the same ``SequenceSet`` and loader); the median of ``--rounds`` rounds, and the ratio A/B.
 Target: <= 1.05.
@@ -130,7 +130,9 @@ def epoch(path: str, rounds: int, batch_size: int) -> dict:
     from lightsum.data.module import SequenceDataModule
     from lightsum.data.sequence_files import SequenceFiles
 
-    torch.set_num_threads(2)
+    # One thread: on a shared 2-core machine two OpenMP threads stall on each other's barriers
+    # whenever another job runs, and an epoch's time then swings by 3-10x between rounds.
+    torch.set_num_threads(1)
 
     class Adam(lightsum.SumClassifier):
         def configure_optimizers(self):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 PAD, UNKNOWN = 0, 1  # token codes: padding, and a token the training split never held
-_STAT_ROWS = 65_536  # rows summed at a time: bounded temporaries on memory-mapped data
+_STAT_ROWS = 8_192  # rows summed at a time: a few MB of float64 temporaries, whatever the file
 
 
 def number_schema(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> dict[str, Any]:

@@ -211,11 +211,11 @@ class SequenceFiles(SequenceDataModule):
         file = self.read(key, labels)
         schema = self.schema()
         check_schema(file.steps, file.num_features, schema, f"data.{key}: {file.path}")
-        y = self.labels_of(file, key)
+        y = self.labels_of(file, key) if key != "predict_path" else None  # predict reads no labels
         rows = None if split is None else torch.from_numpy(self.splits()[split])
         if y is not None and rows is not None:
             y = y[rows]
-        if y is not None and key != "predict_path":  # a recall per class needs both
+        if y is not None:  # a recall per class needs both
             self.refuse_one_class(y, key, split)
         with warnings.catch_warnings():
             # The cache's memory maps are read-only and lightsum never writes them: torch warns

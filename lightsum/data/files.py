@@ -44,8 +44,17 @@ FORMATS = (".csv", ".npz", ".parquet")
 CACHE_SUFFIX = ".lightsum"  # the cache of train.csv is the folder train.csv.lightsum/
 CACHE_VERSION = 1  # bump when the cache's layout or meaning changes: older caches are rebuilt
 MAX_LABELS = 256  # label codes are uint8
-_CHUNK_ROWS = 65_536  # rows parsed (csv) or converted (parquet, npz) at a time: temporaries stay small
-_OWN_MAP_BYTES = 1 << 20  # a chunk this large is kept in a memory map of its own (see _own)
+_CHUNK_ROWS = 65_536  # at most this many rows parsed (csv) or converted (parquet, npz) at a time
+# ... and about this many bytes of them (csv text, npz rows as stored; parquet: below): a
+# chunk's temporaries (Python strings, float64 blocks, Arrow batches) are then a few MB whatever the
+# rows' width, not a fixed tens of MB that dominate a small file's peak memory.
+_CHUNK_BYTES = 1 << 21
+# Arrow's Parquet reader holds several times a batch while it decodes one (levels, buffers grown by
+# doubling, its allocator's slack): its batches are smaller, a few hundred kB of values.
+_PARQUET_BATCH_BYTES = 1 << 18
+# A chunk this large is kept in a memory map of its own (see _own): well below a chunk's steps
+# (hundreds of kB: _CHUNK_BYTES of text or stored rows, _PARQUET_BATCH_BYTES / 2), so every chunk of a large file is.
+_OWN_MAP_BYTES = 1 << 16
 _PARQUET_BUFFER = 1 << 20  # bytes read from a .parquet file at a time (pyarrow's default reads a column chunk whole)
 _ORPHAN_AGE_S = 24 * 3600  # a partial cache folder this old is a killed writer's, not a slow one's
 _PARTIAL = ".lightsum-partial-"  # name part of the temporary folder a cache is built in
@@ -254,6 +263,13 @@ def _padded_bytes(source: _Source, lengths: Iterable[np.ndarray], features: int,
         source, rows * longest * features * itemsize, f"padding its {rows} rows to the longest ({longest} steps)"
     )
     return rows, longest
+
+
+def _chunk_rows(row_bytes: float, chunk_bytes: int | None = None) -> int:
+    """Rows a chunk holds when a row is ``row_bytes``: about ``chunk_bytes`` (``_CHUNK_BYTES``), at
+    least 1, at most ``_CHUNK_ROWS``."""
+    budget = _CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    return max(1, min(_CHUNK_ROWS, int(budget // max(row_bytes, 1))))
 
 
 # Labels and tokens: distinct strings to codes --------------------------------------------------------
@@ -490,7 +506,7 @@ def _parse_csv(source: _Source, options: _Options, reader: Iterator[list[str]]) 
     label_column = _LabelColumn(source, f"column {options.label_column!r}", options.labels)
     seqs: list[str] = []
     labels: list[str] = []
-    row = 0
+    row = text = 0  # text: the chunk's characters of steps
     for fields in reader:
         if not fields:
             continue  # a blank line is no row
@@ -499,13 +515,14 @@ def _parse_csv(source: _Source, options: _Options, reader: Iterator[list[str]]) 
                 f"row {row}{_csv_line(source, row)} has {len(fields)} fields but the header has {width}: "
                 "quote a field that holds a comma"
             )
-        seqs.append(fields[seq_at])
+        seqs.append(cell := fields[seq_at])
         if label_at is not None:
             labels.append(fields[label_at])
         row += 1
-        if len(seqs) == _CHUNK_ROWS:
+        text += len(cell)
+        if len(seqs) == _CHUNK_ROWS or text >= _CHUNK_BYTES:
             _csv_chunk(parser, chunks, seqs, label_column if label_at is not None else None, labels, row - len(seqs))
-            seqs, labels = [], []
+            seqs, labels, text = [], [], 0
     if seqs:
         _csv_chunk(parser, chunks, seqs, label_column if label_at is not None else None, labels, row - len(seqs))
     if row == 0:
@@ -764,7 +781,7 @@ def _load_npz(source: _Source, options: _Options, used: dict[str, str], shape: t
 
 
 def _npz_blocks(zf: zipfile.ZipFile, member: str) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, rows) of an archive's array, ``_CHUNK_ROWS`` rows at a time in its stored dtype,
+    """(first row, rows) of an archive's array, a chunk of rows (``_chunk_rows``) at a time in its stored dtype,
     read from the archive as they are needed: the whole array (float64, say) is never in memory
     beside its float32 conversion."""
     with zf.open(member) as f:
@@ -772,14 +789,15 @@ def _npz_blocks(zf: zipfile.ZipFile, member: str) -> Iterator[tuple[int, np.ndar
         if header is None:
             raise ValueError(f"{member} has an unknown .npy header version")
         shape, fortran, dtype = header
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        rows = _chunk_rows(row_bytes)
         if fortran:  # stored column by column: rows cannot be read a block at a time
             whole = np.frombuffer(f.read(), dtype=dtype).reshape(shape, order="F")
-            for start in range(0, shape[0], _CHUNK_ROWS):
-                yield start, whole[start : start + _CHUNK_ROWS]
+            for start in range(0, shape[0], rows):
+                yield start, whole[start : start + rows]
             return
-        row_bytes = math.prod(shape[1:]) * dtype.itemsize
-        for start in range(0, shape[0], _CHUNK_ROWS):
-            count = min(_CHUNK_ROWS, shape[0] - start)
+        for start in range(0, shape[0], rows):
+            count = min(rows, shape[0] - start)
             data = f.read(count * row_bytes)
             if len(data) != count * row_bytes:
                 raise ValueError(f"{member} is truncated")
@@ -859,10 +877,8 @@ def _pyarrow(source: _Source) -> Any:
     return pyarrow
 
 
-def _parquet_bytes(metadata: Any, column: str) -> int:
-    """The memory reading a .parquet file needs, from its metadata: 4 bytes for each value of the
-    sequence column (the compact steps; counted from the column chunks), 16 a row (length, label
-    code). Padding to the longest row is checked again once the lengths are known."""
+def _parquet_values(metadata: Any, column: str) -> int:
+    """The values (leaves) of a .parquet file's ``column``, counted from its column chunks."""
     values = 0
     for g in range(metadata.num_row_groups):
         group = metadata.row_group(g)
@@ -870,7 +886,14 @@ def _parquet_bytes(metadata: Any, column: str) -> int:
             chunk = group.column(c)
             if chunk.path_in_schema == column or chunk.path_in_schema.startswith(column + "."):
                 values += chunk.num_values
-    return values * 4 + metadata.num_rows * 16
+    return values
+
+
+def _parquet_bytes(metadata: Any, column: str) -> int:
+    """The memory reading a .parquet file needs, from its metadata: 4 bytes for each value of the
+    sequence column (the compact steps), 16 a row (length, label code). Padding to the longest row
+    is checked again once the lengths are known."""
+    return _parquet_values(metadata, column) * 4 + metadata.num_rows * 16
 
 
 def _read_parquet(source: _Source, options: _Options, size: int) -> _Table:
@@ -896,11 +919,20 @@ def _read_parquet(source: _Source, options: _Options, size: int) -> _Table:
     chunks, row = _Chunks(), 0
     labels = _LabelColumn(source, f"column {label!r}", options.labels) if label in schema.names else None
     try:
-        for batch in parquet.iter_batches(batch_size=_CHUNK_ROWS, columns=columns):
+        # Batches of about _PARQUET_BATCH_BYTES at 8 bytes a value (4-8 in Arrow, and as much again
+        # of repetition and definition levels while it decodes them), and the pool's freed memory
+        # given back every _CHUNK_BYTES of them: its allocator otherwise keeps several times a batch.
+        # One thread: what Arrow's pool threads allocate, release_unused() does not give back.
+        values_per_row = _parquet_values(parquet.metadata, seq) / parquet.metadata.num_rows
+        rows = _chunk_rows(8 * values_per_row, _PARQUET_BATCH_BYTES)
+        release = max(1, _CHUNK_BYTES // _PARQUET_BATCH_BYTES)
+        for i, batch in enumerate(parquet.iter_batches(batch_size=rows, columns=columns, use_threads=False)):
             steps.add(chunks, batch.column(seq), row)
             if labels is not None:
                 _parquet_labels(labels, batch.column(label), row, pa)
             row += batch.num_rows
+            if i % release == release - 1:
+                pa.default_memory_pool().release_unused()
         batch = None  # the last batch's buffers go back to the pool with the others
     except pa.ArrowException as error:
         source.fail(f"cannot be read ({_one_line(error)}): save it again")

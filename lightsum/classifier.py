@@ -52,20 +52,22 @@ class SumClassifier(pl.LightningModule):
         recurrent_activation: ``sigmoid`` (the fused ``nn.LSTM``) or ``hard_sigmoid`` (Keras 2: ``clip(0.2 x + 0.5, 0, 1)``).
         unit_forget_bias: start the forget-gate bias at 1.
         init: ``torch`` defaults or ``keras`` (Glorot-uniform input kernel, orthogonal recurrent kernel, zero biases).
-        normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits, as the original notebook did.
-        pos_weight: loss weight of the positive (majority) class: none, a float, or ``balanced``
-            (n_negative / n_positive); with ``bce`` and ``logit_adjusted``.
+        normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits, as the
+            original notebook did (digit sums only: files' numbers are standardised by the schema).
+        pos_weight: loss weight of class 1 (the majority of digit sums; often the minority of
+            users' data): none, a float, or ``balanced`` (n_class_0 / n_class_1 of the training
+            split, which weighs the classes equally either way); with ``bce`` and ``logit_adjusted``.
         decision_threshold: predict 1 when the probability is >= this; ``tuned`` chooses it after
-            each validation epoch to maximise balanced accuracy on the natural distribution, with
-            the sums near the threshold scored on the data's calibration set (each checkpoint
-            carries the threshold tuned for its weights).
+            each validation epoch to maximise balanced accuracy on the validation data (for digit
+            sums, the natural distribution with the sums near the threshold scored on the
+            calibration set); each checkpoint carries the threshold tuned for its weights.
         loss: ``bce`` (binary cross-entropy), ``focal`` (sigmoid focal loss, ``focal_gamma`` and
             ``focal_alpha``) or ``logit_adjusted`` (BCE on ``logit + logit_tau * log(pi_1 / pi_0)``,
             ``pi`` the class shares of the training batches as served, after resampling: with
             ``data.sampling: oversample`` at ratio 1 the offset is 0 and this is BCE).
         focal_gamma: focusing exponent of the focal loss; 0 is BCE (with ``focal_alpha`` null).
-        focal_alpha: focal loss weight of class 1 (the majority here; class 0 weighs ``1 - alpha``),
-            or null for none (torchvision's ``alpha=-1``).
+        focal_alpha: focal loss weight of class 1 (class 0 weighs ``1 - alpha``), or null for none
+            (torchvision's ``alpha=-1``).
         logit_tau: strength of the logit adjustment; 1 is balanced softmax.
         class_balance: the training split's class counts and served prior, for ``pos_weight:
             balanced`` and ``logit_adjusted``: the data module's ``class_balance``, handed over by the

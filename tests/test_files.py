@@ -12,8 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lightsum.data import files
-from lightsum.data.files import SequenceFile, cache_folder, read_sequence_file
+from lightsum.data.files import (
+    SequenceFile,
+    cache_folder,
+    csv_reader,
+    npz_reader,
+    parquet_reader,
+    read_sequence_file,
+    table,
+)
+from lightsum.data.files import cache as cache_module
+from lightsum.data.files import read as read_module
 
 WHERE = "data.train_path"
 
@@ -256,7 +265,7 @@ def test_csv_not_utf8(tmp_path: Path) -> None:
 
 
 def test_csv_long_rows_and_many_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files, "_CHUNK_ROWS", 7)  # several chunks: rows, tokens and labels carry across them
+    monkeypatch.setattr(csv_reader, "_CHUNK_ROWS", 7)  # several chunks: rows, tokens and labels carry across them
     rng = np.random.default_rng(1)
     rows = [rng.integers(0, 100, size=rng.integers(1, 20)) for _ in range(50)]
     text = "label,sequence\n" + "".join(f"{i % 3},{' '.join(map(str, r))}\n" for i, r in enumerate(rows))
@@ -272,7 +281,7 @@ def test_csv_long_rows_and_many_chunks(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_csv_error_in_a_later_chunk_names_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files, "_CHUNK_ROWS", 4)
+    monkeypatch.setattr(csv_reader, "_CHUNK_ROWS", 4)
     text = "label,sequence\n" + "0,1 2\n" * 9 + "1,3 x 4\n"
     refused(write(tmp_path / "a.csv", text), r"row 9 \(line 11\), column 'sequence', step 1: 'x' is not a number")
 
@@ -324,7 +333,7 @@ def test_parquet_tokens_and_boolean_labels(tmp_path: Path) -> None:
 
 
 def test_parquet_batches_and_optional_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files, "_CHUNK_ROWS", 3)
+    monkeypatch.setattr(table, "_CHUNK_ROWS", 3)
     seqs = [["a", "b", "c"][: 1 + i % 3] for i in range(10)]
     path = parquet(tmp_path / "a.parquet", sequence=seqs)
     file = read(path, labels="optional", cache=False)
@@ -389,32 +398,32 @@ def test_bad_options(tmp_path: Path) -> None:
 def test_memory_estimates_refuse_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     csv_path = write(tmp_path / "a.csv", "label,sequence\n0,1 2 3\n1,4 5\n")
     npz_path = npz(tmp_path / "a.npz", x=np.zeros((10, 4)), y=np.zeros(10))
-    monkeypatch.setattr(files, "available_memory", lambda: 10)
+    monkeypatch.setattr(table, "available_memory", lambda: 10)
     for path in [csv_path, npz_path]:
         message = refused(
             path, "reading it needs about .* of memory but this machine has 10 bytes available", cache=False
         )
         assert "split the file" in message
-    monkeypatch.setattr(files, "available_memory", lambda: None)  # unknown: no refusal
+    monkeypatch.setattr(table, "available_memory", lambda: None)  # unknown: no refusal
     assert read(csv_path, cache=False).num_rows == 2
     # The .npz estimate: the sequences as float32 (converted a block at a time), the other arrays as
     # stored, the lengths.
     with zipfile.ZipFile(npz_path) as zf:
         used = {"x": "x.npy", "y": "y.npy"}
-        assert files._npz_bytes(zf, used, "x", (10, 4)) == 160 + zf.getinfo("y.npy").file_size + 80
-    assert files._csv_bytes(1000) == 500 * 4 + 250 * 16
+        assert npz_reader._npz_bytes(zf, used, "x", (10, 4)) == 160 + zf.getinfo("y.npy").file_size + 80
+    assert csv_reader._csv_bytes(1000) == 500 * 4 + 250 * 16
 
 
 def test_memory_estimate_of_parquet_and_of_padding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = parquet(tmp_path / "a.parquet", sequence=[[1.0, 2.0], [3.0]], label=[0, 1])
     metadata = pytest.importorskip("pyarrow.parquet").ParquetFile(path).metadata
-    assert files._parquet_bytes(metadata, "sequence") == 3 * 4 + 2 * 16
-    monkeypatch.setattr(files, "available_memory", lambda: 10)
+    assert parquet_reader._parquet_bytes(metadata, "sequence") == 3 * 4 + 2 * 16
+    monkeypatch.setattr(table, "available_memory", lambda: 10)
     refused(path, "reading it needs about 44 bytes", cache=False)
     # Padding is checked once the longest row is known: one long row pads every other.
-    monkeypatch.setattr(files, "available_memory", lambda: 100)
+    monkeypatch.setattr(table, "available_memory", lambda: 100)
     csv_path = write(tmp_path / "b.csv", "label,sequence\n" + "0,1\n" * 20 + "1," + "2 " * 30 + "\n")
-    monkeypatch.setattr(files, "_csv_bytes", lambda size: 0)
+    monkeypatch.setattr(csv_reader, "_csv_bytes", lambda size: 0)
     refused(csv_path, r"padding its 21 rows to the longest \(30 steps\) needs about 2.5 kB", cache=False)
 
 
@@ -426,7 +435,7 @@ def fail_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the file was parsed again")
 
     for name in ("_read_csv", "_read_npz", "_read_parquet"):
-        monkeypatch.setattr(files, name, fail)
+        monkeypatch.setattr(read_module, name, fail)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".npz", ".parquet"])
@@ -531,7 +540,7 @@ def test_losing_the_race_keeps_the_winners_cache(tmp_path: Path) -> None:
     read(path)
     partial = _finished_partial(tmp_path, path)
     winner = (cache_folder(path) / "values.npy").stat().st_ino
-    assert files._install(partial, cache_folder(path), lambda: object()) is True
+    assert cache_module._install(partial, cache_folder(path), lambda: object()) is True
     assert (cache_folder(path) / "values.npy").stat().st_ino == winner
 
 
@@ -540,7 +549,7 @@ def test_a_stale_cache_is_replaced(tmp_path: Path) -> None:
     read(path)
     partial = _finished_partial(tmp_path, path)
     (partial / "marker").write_text("mine")
-    assert files._install(partial, cache_folder(path), lambda: None) is True
+    assert cache_module._install(partial, cache_folder(path), lambda: None) is True
     assert (cache_folder(path) / "marker").read_text() == "mine" and not partial.exists()
     assert [p.name for p in tmp_path.iterdir() if "stale" in p.name] == []
 
@@ -564,7 +573,7 @@ def test_a_file_named_like_the_cache_is_left_alone(tmp_path: Path) -> None:
 
 def test_npz_converted_a_block_of_rows_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """float64, big-endian and Fortran-ordered arrays convert to the same float32 across blocks."""
-    monkeypatch.setattr(files, "_CHUNK_ROWS", 3)
+    monkeypatch.setattr(table, "_CHUNK_ROWS", 3)
     x = np.random.default_rng(0).standard_normal((10, 4, 2))
     y = np.arange(10) % 2
     for name, stored in [("c", x), ("be", x.astype(">f8")), ("f", np.asfortranarray(x)), ("i", (x * 9).astype(int))]:

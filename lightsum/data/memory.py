@@ -1,4 +1,4 @@
-"""How much memory the machine can give now, and the one-line refusal of data it cannot hold."""
+"""How much memory the machine can give a process now: what both data sources check sizes against."""
 
 from __future__ import annotations
 
@@ -11,12 +11,3 @@ def available_memory() -> int | None:
     except (OSError, StopIteration, ValueError):
         return None
 
-
-def check_memory(needed: int, what: str, remedy: str) -> None:
-    """Refuse, in one line, data the machine cannot hold: ``what`` needs about ``needed`` bytes."""
-    available = available_memory()
-    if available is not None and needed > available:
-        raise ValueError(
-            f"{what} need about {needed / 1e9:.1f} GB of memory; this machine has "
-            f"{available / 1e9:.1f} GB available: {remedy}"
-        )

@@ -151,10 +151,9 @@ class SumNet(nn.Module):
             raise ValueError(f"lengths must have shape ({batch},) for a batch of {batch}, got {tuple(lengths.shape)}")
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
-        # Packed sequences where the fused kernel runs them natively (cuDNN); elsewhere (oneDNN on
-        # a CPU runs only unpacked batches, and packed ones fall back to a slow path) the padded
-        # batch runs whole and each row's last state is gathered: the same values, as the
-        # recurrence runs forward in time (docs/benchmarks.md has the two measured side by side).
+        # Packed sequences on a GPU, where cuDNN takes them as its own format; on a CPU packing
+        # measured slower than running the padded batch whole and gathering each row's last state
+        # (docs/benchmarks.md): the same values, as the recurrence runs forward in time.
         pack = packs(self.lstm, x)
         if pack:
             lengths = lengths.cpu()  # pack_padded_sequence wants them there: one device sync

@@ -10,4 +10,3 @@ def available_memory() -> int | None:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         return None
-

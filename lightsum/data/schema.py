@@ -4,7 +4,7 @@ hyperparameters, so a checkpoint reads raw new sequences as at training time."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,15 +14,20 @@ PAD, UNKNOWN = 0, 1  # token codes: padding, and a token the training split neve
 _STAT_ROWS = 8_192  # rows summed at a time: a few MB of float64 temporaries, whatever the file
 
 
+def _valid_steps(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> Iterator[np.ndarray]:
+    """The valid steps (padding left out) of ``rows``, a chunk of rows at a time: (steps, ...) arrays."""
+    for start in range(0, len(rows), _STAT_ROWS):
+        chunk = np.sort(rows[start : start + _STAT_ROWS])  # in file order: memory-mapped reads stay sequential
+        x, n = values[chunk], lengths[chunk]
+        yield x[np.arange(x.shape[1])[None, :] < n[:, None]]
+
+
 def number_schema(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
     """Per-feature mean and std of the valid steps of ``rows`` (float64 sums, in chunks)."""
     features = values.shape[2]
     total, squares, count = np.zeros(features), np.zeros(features), 0
-    for start in range(0, len(rows), _STAT_ROWS):
-        chunk = np.sort(rows[start : start + _STAT_ROWS])  # in file order: memory-mapped reads stay sequential
-        x, n = values[chunk].astype(np.float64), lengths[chunk]
-        valid = np.arange(x.shape[1])[None, :] < n[:, None]
-        x = x[valid]  # (steps, F)
+    for steps in _valid_steps(values, lengths, rows):
+        x = steps.astype(np.float64)  # (steps, F)
         total += x.sum(0)
         squares += np.square(x).sum(0)
         count += len(x)
@@ -36,18 +41,20 @@ def number_schema(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> 
 def token_schema(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray, tokens: Sequence[str]) -> dict[str, Any]:
     """The vocabulary: the file's tokens that occur in the valid steps of ``rows``, in the file's order."""
     seen = np.zeros(len(tokens) + 1, dtype=bool)  # index: file code + 1 (code -1 pads)
-    for start in range(0, len(rows), _STAT_ROWS):
-        chunk = np.sort(rows[start : start + _STAT_ROWS])
-        codes, n = values[chunk], lengths[chunk]
-        valid = np.arange(codes.shape[1])[None, :] < n[:, None]
-        seen[codes[valid].astype(np.int64) + 1] = True
+    for codes in _valid_steps(values, lengths, rows):
+        seen[codes.astype(np.int64) + 1] = True
     return {"steps": "tokens", "vocabulary": [t for t, s in zip(tokens, seen[1:]) if s]}
+
+
+def vocabulary_codes(schema: dict[str, Any]) -> dict[str, int]:
+    """Each token of the schema's vocabulary -> its model code (0 pads, 1 is unknown)."""
+    return {token: code for code, token in enumerate(schema["vocabulary"], start=2)}
 
 
 def token_codes(tokens: Sequence[str], schema: dict[str, Any]) -> torch.Tensor:
     """The model's code of each of a file's token codes, indexed by file code + 1 (so -1, padding,
     maps to ``PAD``): a batch of file codes becomes model codes with one gather."""
-    index = {token: code for code, token in enumerate(schema["vocabulary"], start=2)}
+    index = vocabulary_codes(schema)
     return torch.tensor([PAD, *(index.get(t, UNKNOWN) for t in tokens)], dtype=torch.int64)
 
 
@@ -71,7 +78,7 @@ def encode_sequences(
     """
     if schema["steps"] == "tokens":
         rows = [s.split() if isinstance(s, str) else [str(t) for t in s] for s in sequences]
-        vocabulary = {token: code for code, token in enumerate(schema["vocabulary"], start=2)}
+        vocabulary = vocabulary_codes(schema)
         codes = [[vocabulary.get(t, UNKNOWN) for t in row] for row in rows]
         return _padded([np.asarray(c, dtype=np.int64) for c in codes], np.int64)
     features = schema["features"]

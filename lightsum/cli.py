@@ -139,12 +139,7 @@ class SumCLI(LightningCLI):
         # The model must read sequences the way the data module serves them: what a step is (the
         # digits' count and layout, or the schema measured on a training file), and the training
         # classes its loss may weigh by.
-        for target, value in (
-            ("seq_len", data_seq_len),
-            ("layout", data_layout),
-            ("schema", data_schema),
-            ("class_balance", data_class_balance),
-        ):
+        for target, value in LINKED.items():
             parser.link_arguments("data", f"model.{target}", compute_fn=value, apply_on="instantiate")
         # Best checkpoint by the headline metric; a separate every-epoch last.ckpt for resuming
         # (a monitored ModelCheckpoint only refreshes last.ckpt when the monitor improves).
@@ -252,7 +247,7 @@ class SumCLI(LightningCLI):
             differ = [
                 f"model.{k}={v!r} (the command says {config.model[k]!r})"
                 for k, v in hparams.items()
-                if not k.startswith("_") and k not in _LINKED and k in config.model and config.model[k] != v
+                if not k.startswith("_") and k not in LINKED and k in config.model and config.model[k] != v
             ]
             if differ:
                 raise ValueError(
@@ -311,9 +306,6 @@ class SumCLI(LightningCLI):
             )
 
 
-_LINKED = ("seq_len", "layout", "schema", "class_balance")  # model arguments the data module sets
-
-
 def data_seq_len(data: SequenceDataModule) -> int | None:
     return data.hparams.get("seq_len")
 
@@ -328,6 +320,10 @@ def data_schema(data: SequenceDataModule) -> dict[str, Any] | None:
 
 def data_class_balance(data: SequenceDataModule) -> Any:
     return data.class_balance
+
+
+# Model arguments the data module sets (linked by the CLI), each with what computes it from the data.
+LINKED = {"seq_len": data_seq_len, "layout": data_layout, "schema": data_schema, "class_balance": data_class_balance}
 
 
 def data_args(config: Any) -> Any:

@@ -89,6 +89,7 @@ class SequenceSet(Dataset):
         return len(self.x) if self.rows is None else len(self.rows)
 
     def __getitem__(self, index: int) -> Batch:
+        """Sequence ``index`` as a batch of one (loaders use ``__getitems__``; one type either way)."""
         return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int] | range) -> Batch:

@@ -360,6 +360,7 @@ def test_a_billion_laughs_config_is_refused_without_expanding_it(
     )
 
 
+@pytest.mark.slow  # a real fit: the system tier (the fast tier stays under a minute)
 @pytest.mark.parametrize(("value", "batches"), [("1", 1), ("1.0", 3)])
 def test_an_integer_batch_limit_is_a_number_of_batches_and_a_float_a_fraction(
     value: str, batches: int, run_root: Path
@@ -369,6 +370,7 @@ def test_an_integer_batch_limit_is_a_number_of_batches_and_a_float_a_fraction(
     assert cli.trainer.num_training_batches == batches and cli.trainer.global_step == batches
 
 
+@pytest.mark.slow  # a real fit: the system tier (the fast tier stays under a minute)
 @pytest.mark.parametrize("in_allocation", [False, True])
 def test_the_srun_notice_shows_inside_a_slurm_allocation_only(
     in_allocation: bool, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture

@@ -270,6 +270,7 @@ def test_the_fit_summary_says_how_to_train_on(max_epochs: int, advice: str, run_
     assert f"  last checkpoint  {run / 'checkpoints' / 'last.ckpt'}  ({advice})" in summary.splitlines()
 
 
+@pytest.mark.slow  # a real fit: the system tier (the fast tier stays under a minute)
 def test_a_full_disk_while_reporting_is_one_line_and_keeps_the_earlier_files(
     run_dir: Path, tmp_path: Path, full_disk, capsys: pytest.CaptureFixture
 ) -> None:

@@ -132,8 +132,8 @@ class SumClassifier(pl.LightningModule):
         self.train_counts = BinaryStatScores(validate_args=False)  # inputs are 0/1 made here
         self.train_counts.persistent(True)  # in checkpoints: a run resumed mid-epoch keeps its counts
         self.val_scores, self.test_scores = EvaluationScores(), EvaluationScores()
-        # Validation's boundary set (val/boundary_accuracy) and the threshold's weighted tuning set.
-        self.boundary_scores = EvaluationScores()
+        # The boundary sets' scores (val/ and test/boundary_accuracy) and the threshold's weighted tuning set.
+        self.val_boundary_scores, self.test_boundary_scores = EvaluationScores(), EvaluationScores()
         self.tuning_scores = EvaluationScores(weighted=True)
         # The last evaluation's gathered (probabilities, targets) per stage, for figure callbacks.
         self.eval_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -219,20 +219,28 @@ class SumClassifier(pl.LightningModule):
         logits, target = self(batch.x, batch.lengths), batch.labels
         natural, boundary = batch.parts == NATURAL, batch.parts == BOUNDARY
         self.val_scores.update(logits[natural], target[natural])
-        self.boundary_scores.update(logits[boundary], target[boundary])  # empty without a boundary set
+        self.val_boundary_scores.update(logits[boundary], target[boundary])  # empty without a boundary set
         self.tuning_scores.update(logits, target, batch.weights)  # the boundary part weighs 0
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.test_scores.update(self(batch.x, batch.lengths), batch.labels)
+        logits, target = self(batch.x, batch.lengths), batch.labels
+        if batch.parts is None:  # a test set alone (files; digit sums without a boundary set)
+            self.test_scores.update(logits, target)
+            return
+        natural, boundary = batch.parts == NATURAL, batch.parts == BOUNDARY
+        self.test_scores.update(logits[natural], target[natural])
+        self.test_boundary_scores.update(logits[boundary], target[boundary])
 
     def on_validation_epoch_end(self) -> None:
         tune = self.hparams.decision_threshold == "tuned" and not self.trainer.sanity_checking
-        self._log_evaluation("val", self.val_scores, tune)
+        self._log_evaluation("val", self.val_scores, self.val_boundary_scores, tune)
 
     def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test", self.test_scores, tune=False)
+        self._log_evaluation("test", self.test_scores, self.test_boundary_scores, tune=False)
 
-    def _log_evaluation(self, stage: str, scores: EvaluationScores, tune: bool) -> None:
+    def _log_evaluation(
+        self, stage: str, scores: EvaluationScores, boundary_scores: EvaluationScores, tune: bool
+    ) -> None:
         logits, target = scores.gathered()  # from every rank
         scores.reset()
         if not torch.isfinite(logits).all():
@@ -240,9 +248,9 @@ class SumClassifier(pl.LightningModule):
         probs = torch.sigmoid(logits)
         # Every rank has validation batches, so all gather or none (a gather is a collective).
         tuning = self.tuning_scores.gathered() if stage == "val" and self.tuning_scores.update_count else None
-        boundary = self.boundary_scores.gathered() if stage == "val" and self.boundary_scores.update_count else None
+        boundary = boundary_scores.gathered() if boundary_scores.update_count else None
         self.tuning_scores.reset()
-        self.boundary_scores.reset()
+        boundary_scores.reset()
         if tune and tuning is not None:
             t_logits, t_target, t_weights = tuning
             self.decision_threshold.fill_(tune_threshold(torch.sigmoid(t_logits), t_target, t_weights))

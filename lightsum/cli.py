@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, ReduceLROnPlateau, SaveConfigCallback
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.strategies import Strategy
 
@@ -46,9 +46,10 @@ _DESCRIPTION = (
     "--data.help SumDataModule) or your own files (--config configs/files.yaml, --data.help SequenceFiles). "
     "lightsum's own options, --model.* and --data.*, are listed first in each subcommand's --help. "
     "validate, test and predict score "
-    "--ckpt_path, by default the best checkpoint of the newest run of the config's name. One more "
-    "subcommand: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
-    "(`lightsum report --help`)."
+    "--ckpt_path, by default the best checkpoint of the newest run of the config's name. Two more "
+    "subcommands: `lightsum report RUN_DIR ...` draws figures and a comparison table of runs "
+    "(`lightsum report --help`); `lightsum sweep GRID` runs strategies x seeds and tabulates them "
+    "(`lightsum sweep --help`)."
 )
 # Notices a lightsum user cannot act on, silenced in the entry point (never at import).
 _NOISE_WARNINGS = (
@@ -157,6 +158,25 @@ class SumCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationFigures, "figures")
         # Where `predict` writes its CSV (--predictions.path).
         parser.add_lightning_class_args(PredictionCSV, "predictions")
+        parser.add_argument(
+            "--lr_interval",
+            type=Literal["epoch", "step"],
+            default="epoch",
+            help="when lr_scheduler steps: after every epoch (its T_max counts epochs), or after every optimizer "
+            "step (T_max counts steps: a schedule over a --trainer.max_steps budget, the same whatever an "
+            "epoch's length)",
+        )
+
+    def configure_optimizers(
+        self, lightning_module: Any, optimizer: Any, lr_scheduler: Any | None = None
+    ) -> Any:  # a method, not LightningCLI's staticmethod: it reads --lr_interval
+        if (
+            lr_scheduler is not None
+            and not isinstance(lr_scheduler, ReduceLROnPlateau)
+            and self.active_config().get("lr_interval") == "step"
+        ):
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
 
     def active_config(self) -> Any:
         """The parsed config of the running subcommand (the whole config with ``run=False``)."""
@@ -362,21 +382,20 @@ def config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[SumCLI] = SumCLI) -> SumCLI:
+def build_cli(args: list[str] | None = None, run: bool = True) -> SumCLI:
     """The lightsum CLI exactly as ``main`` builds it; ``run=False`` parses and instantiates only.
 
     Args:
         args: command-line arguments (a subcommand first when ``run``); ``None`` reads ``sys.argv``.
         run: run the subcommand; False gives ``cli.model``, ``cli.datamodule`` and ``cli.trainer``
             ready for a benchmark to drive.
-        cli_class: ``SumCLI`` or a subclass of it (a benchmark's own ``configure_optimizers``).
     """
     default = {"default_config_files": [str(DEFAULT_CONFIG)]}
     argv = sys.argv[1:] if args is None else list(args)
     # Each subcommand's parser reads the Trainer's whole signature, which takes a while on a small CPU:
     # build only the one asked for (all of them for `lightsum --help`).
     only = argv[:1] if argv[:1] and argv[0] in _SUBCOMMANDS else _SUBCOMMANDS
-    return cli_class(
+    return SumCLI(
         SumClassifier,
         SumDataModule,
         args=args,
@@ -426,7 +445,7 @@ def quiet_notices() -> Iterator[None]:
 
 
 def main(args: list[str] | None = None) -> SumCLI | None:
-    """Run the CLI (``fit``, ``validate``, ``test``, ``predict``, ``report``); exit 2 on bad input.
+    """Run the CLI (``fit``, ``validate``, ``test``, ``predict``, ``report``, ``sweep``); exit 2 on bad input.
 
     Args:
         args: command-line arguments; ``None`` reads ``sys.argv``.
@@ -439,5 +458,10 @@ def main(args: list[str] | None = None) -> SumCLI | None:
             from lightsum.report import report_main
 
             report_main(argv[1:])
+            return None
+        if argv[:1] == ["sweep"]:  # a launcher of fit + test trials, not a Trainer method
+            from lightsum.sweep import sweep_main
+
+            sweep_main(argv[1:])
             return None
         return build_cli(args)

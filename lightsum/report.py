@@ -17,6 +17,8 @@ from lightsum.checkpoints import nothing_left_to_train, read_checkpoint
 from lightsum.errors import DamagedFile, OneLineParserErrors, note
 from lightsum.events import file_kind, read_scalars
 from lightsum.folders import check_writable
+from lightsum.sweep import MANIFEST
+from lightsum.sweep_report import sweep_report
 
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
 # The miss counts tell 0.997 from 0.9995; class 1's AP is ~1 at 98.8% prevalence, so the minority's.
@@ -664,7 +666,8 @@ def report_main(argv: list[str]) -> None:
         "runs",
         nargs="+",
         metavar="RUN_DIR",
-        help="run folders (lightning_logs/<name>/version_<n>) or folders holding them",
+        help="run folders (lightning_logs/<name>/version_<n>) or folders holding them; or sweep folders "
+        "(`lightsum sweep`), whose table and figure are written into them",
     )
     parser.add_argument(
         "--out",
@@ -682,6 +685,15 @@ def report_main(argv: list[str]) -> None:
                 "report draws figures with matplotlib, which is not installed: "
                 "pip install 'lightsum[report]' (or pass --no-plots for the table only)"
             ) from None
+    sweeps = [Path(path) for path in args.runs if (Path(path) / MANIFEST).is_file()]
+    if sweeps:  # a sweep's table goes into its folder
+        if len(sweeps) < len(args.runs):
+            raise ValueError("report: give sweep folders or run folders, not both")
+        for folder in sweeps:
+            check_writable(folder, "report")
+            check_outputs(folder, ["sweep.md", "sweep.csv", *([] if args.no_plots else ["sweep.png"])])
+            sweep_report(folder, plots=not args.no_plots)
+        return
     out = Path(args.out)
     check_writable(out, "report: --out")
     runs = read_runs(find_runs(args.runs))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from torch.utils.tensorboard import SummaryWriter
 from lightsum.events import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+# The run configs, and the sweep grids beside them (a grid maps `strategies` to lists of overrides).
+GRIDS = [REPO / "configs" / "strategies.yaml", REPO / "configs" / "strategies-files.yaml"]
+CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(GRIDS))
 
 
 def tiny(root: Path, epochs: int = 2) -> list[str]:
@@ -118,6 +121,21 @@ def full_disk(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(atomic, "open", lambda path, mode, **_: FullDisk(path, mode, room), raising=False)
 
     return fill
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node SLURM cluster (tests/slurm_cluster.py), started once for the session and
+    torn down with every job's processes; skips where Slurm is not installed or not root."""
+    from slurm_cluster import missing, start_cluster
+
+    why = missing()
+    if why:
+        pytest.skip(f"needs a local Slurm: {why}")
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 @pytest.fixture

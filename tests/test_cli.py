@@ -164,6 +164,7 @@ def test_fit_ends_with_a_summary_and_test_scores_the_best_checkpoint_in_its_run(
         "test/auroc",
         "test/missed_0",
         "test/missed_1",
+        "test/boundary_accuracy",  # on the test's own boundary set
         "test/average_precision_0",
         "test/average_precision_1",
         "test/balanced_accuracy",

@@ -314,3 +314,18 @@ def test_device_placement_serves_the_same_batches_with_no_host_sync() -> None:
     assert all(d.is_cuda and y.is_cuda for d, y in on_device)
     for ours, theirs in zip(_batches(host), _batches(device), strict=True):
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_test_batches_hold_the_test_set_and_a_boundary_set_of_their_own() -> None:
+    dm = make("test", test_samples=800, boundary_per_sum=30)
+    val = make("fit", boundary_per_sum=30)
+    sums = dm.test_boundary_set.x.long().sum(1)
+    assert torch.equal(torch.bincount(sums, minlength=271)[95:105], torch.full((10,), 30))
+    assert not torch.equal(dm.test_boundary_set.x, val.boundary_set.x)  # not the set checkpoints were chosen on
+    batches = list(dm.test_dataloader())
+    parts = torch.cat([b.parts for b in batches])
+    x = torch.cat([b.x for b in batches])
+    assert torch.equal(x[parts == NATURAL], dm.test_set.x) and torch.equal(x[parts == BOUNDARY], dm.test_boundary_set.x)
+    dm.setup("predict")  # predict serves the natural test set alone
+    assert torch.equal(dm.predict_set.x, dm.test_set.x)
+    assert make("test", test_samples=800, boundary_per_sum=0).test_boundary_set is None

@@ -334,6 +334,7 @@ def test_under_ddp_a_signalled_evaluation_stops_every_rank(trained, tmp_path: Pa
         str(REPO / "configs" / "ddp.yaml"),
         "--trainer.accelerator=cpu",
         "--data.test_samples=513",
+        "--data.boundary_per_sum=0",  # the test set alone: no test boundary set beside it
         pause=pause(tmp_path, "test", 5),
     )
     stderr = signal_when_paused(proc, tmp_path, signal.SIGTERM)

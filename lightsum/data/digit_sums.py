@@ -6,6 +6,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from lightsum.data.batches import BOUNDARY, CALIBRATION, NATURAL, SequenceSet, joined
 from lightsum.data.memory import available_memory
@@ -26,8 +27,9 @@ TrainDistribution = Literal["natural", "balanced", "boundary"]
 
 # Independent random streams per split: the test set never shares draws with train/val, and the
 # validation set is the same whatever the training distribution, so runs compare fairly.
-_STREAMS = {"train": 0, "val": 1, "test": 2, "calibration": 3, "boundary": 4, "boundary_redraw": 5}
-BOUNDARY_SUMS = (-5, 4)  # the boundary set (val/boundary_accuracy): sums threshold-5 .. threshold+4, as many of each
+_STREAMS = {"train": 0, "val": 1, "test": 2, "calibration": 3, "boundary": 4, "boundary_redraw": 5, "test_boundary": 6}
+# The boundary sets (val/ and test/boundary_accuracy): sums threshold-5 .. threshold+4, as many of each.
+BOUNDARY_SUMS = (-5, 4)
 _SYNTHESIS_CHUNK = 262_144  # rows of one class drawn at a time: bounded temporaries
 _LABEL_CHUNK = 65_536  # rows summed at a time: torch widens the whole input to int32 to sum it
 
@@ -81,8 +83,10 @@ class SumDataModule(SequenceDataModule):
     """Sequences of random digits labelled by whether their sum reaches a threshold: the digit-sum source.
 
     Its validation set joins the natural validation split, the calibration set and the boundary set
-    (``lightsum.data.batches.joined``). "Rows near the threshold" are training rows
-    (``train_distribution: boundary``); "the boundary set" is the fixed evaluation set of sums 95-104.
+    (``lightsum.data.batches.joined``); its test batches join the natural test set and a second
+    boundary set from a stream of its own, which no checkpoint was chosen on. "Rows near the
+    threshold" are training rows (``train_distribution: boundary``); "the boundary set" is the
+    fixed evaluation set of sums 95-104.
 
     Args:
         num_samples: sequences in train + validation.
@@ -118,8 +122,9 @@ class SumDataModule(SequenceDataModule):
             afresh at the start of every epoch, keeping each row's sum (and so its label, which the
             samplers group by): every epoch sees new strings near the threshold. The draw is a
             pure function of (seed, epoch), the same on every DDP rank and on resume.
-        boundary_per_sum: the fixed boundary set behind ``val/boundary_accuracy``: this many
-            sequences of each sum ``threshold - 5`` to ``threshold + 4``, drawn exactly. 0: off.
+        boundary_per_sum: the fixed boundary sets behind ``val/boundary_accuracy`` and
+            ``test/boundary_accuracy`` (two independent draws): this many sequences of each sum
+            ``threshold - 5`` to ``threshold + 4``, drawn exactly. 0: off.
         predict_path: sequences to ``predict``: a CSV/text file (one sequence per line, digits
             comma-separated or as one string) or a ``.npy`` array (N, seq_len). Default: the
             generated test set.
@@ -166,6 +171,8 @@ class SumDataModule(SequenceDataModule):
         self.val_set: SequenceSet | None = None
         self.calibration_set: SequenceSet | None = None
         self.boundary_set: SequenceSet | None = None
+        # The test's (test_dataloader serves it joined with test_set, which predict serves alone).
+        self.test_boundary_set: SequenceSet | None = None
         # Positions and sums of the training split's rows near the threshold (train_distribution: boundary).
         self.near_rows: torch.Tensor | None = None
         self.near_sums: torch.Tensor | None = None
@@ -176,7 +183,7 @@ class SumDataModule(SequenceDataModule):
         digits, benchmarks/scale.py), and the training epoch's indices (an int64 tensor, and a
         Python list of ~40 bytes an index where Lightning's DDP sampler wrapper lists them)."""
         h = self.hparams
-        rows = h.num_samples + h.test_samples + self.window_size * h.calibration_per_sum + 10 * h.boundary_per_sum
+        rows = h.num_samples + h.test_samples + self.window_size * h.calibration_per_sum + 20 * h.boundary_per_sum
         epoch = 2 * self.num_train if h.sampling == "oversample" else self.num_train
         return 2 * rows * (h.seq_len + 1) + 48 * epoch + 64 * 2**20  # + the first tensors' fixed cost
 
@@ -304,11 +311,31 @@ class SumDataModule(SequenceDataModule):
             self.validation_set = self.joined_validation_set()
         if (stage == "test" or (stage == "predict" and not h.predict_path)) and self.test_set is None:
             self.test_set = self._labelled(natural_digits(h.test_samples, h.seq_len, stream(h.seed, "test")), "test")
+        if stage == "test" and self.test_boundary_set is None:
+            self.test_boundary_set = self.boundary_sums_set("test_boundary")
         if stage == "predict":
             self.load_predict_file()
             if self.predict_set is None:
                 self.predict_set = self.test_set
         self.place()
+
+    def place(self) -> None:
+        super().place()
+        if self.test_boundary_set is not None:
+            self.test_boundary_set.to(self.data_device(), {})
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_boundary_set is None:
+            return super().test_dataloader()
+        # Scored apart, as in validation: test/boundary_accuracy on sums no checkpoint was chosen on.
+        return self.eval_loader(
+            joined(
+                [
+                    (NATURAL, self.test_set, torch.zeros(len(self.test_set))),
+                    (BOUNDARY, self.test_boundary_set, torch.zeros(len(self.test_boundary_set))),
+                ]
+            )
+        )
 
     def joined_validation_set(self) -> SequenceSet:
         """The natural validation set with the calibration and boundary sets where they exist, as one

@@ -36,7 +36,7 @@ SKIPPED = {  # command prefix -> why it cannot run here
     "torchrun --nnodes 2": "needs two nodes with 4 GPUs each",
     "python -m pytest": "the test suite itself (.ci/run runs both tiers)",
     "python benchmarks/": "benchmarks take minutes; their figures are measured, not tested",
-    "python -m lightsum sweep configs/strategies.yaml": "30 full trials; tests/test_sweep.py runs small sweeps",
+    "python -m lightsum sweep configs/strategies": "whole sweeps take minutes to hours; tests/test_sweep.py runs small ones",
 }
 TINY = [
     "--trainer.max_epochs=1",

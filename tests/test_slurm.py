@@ -61,6 +61,7 @@ def test_the_checkpoint_and_the_curve_are_on_disk_before_scontrol_requeue(tmp_pa
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == -signal.SIGKILL, output[-3000:]  # by scontrol
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", JOB_ID]
+    assert "`weights_only` was not set" not in output  # a whole checkpoint, asked for as such
     run_dir = root / "default" / f"slurm_{JOB_ID}"
     saved = read_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["trained_batches"] == 5

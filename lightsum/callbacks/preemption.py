@@ -139,7 +139,9 @@ class Preemption(pl.Callback):
         if not self._decided(trainer):
             return
         path = self._last_ckpt(trainer)
-        trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes, through AtomicCheckpointIO
+        # Every rank takes part; rank 0 writes, through AtomicCheckpointIO. A whole checkpoint (optimizer,
+        # loops, callbacks) to resume from: said outright, or Lightning logs that it "defaults" to it.
+        trainer.save_checkpoint(path, weights_only=False)
         for logger in trainer.loggers:
             logger.save()  # to disk before a requeue ends the job
         self._stop(

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, ReduceLROnPlateau, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.strategies import Strategy
 
@@ -170,13 +171,15 @@ class SumCLI(LightningCLI):
     def configure_optimizers(
         self, lightning_module: Any, optimizer: Any, lr_scheduler: Any | None = None
     ) -> Any:  # a method, not LightningCLI's staticmethod: it reads --lr_interval
-        if (
-            lr_scheduler is not None
-            and not isinstance(lr_scheduler, ReduceLROnPlateau)
-            and self.active_config().get("lr_interval") == "step"
-        ):
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
-        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+        if self.active_config().get("lr_interval") != "step":
+            return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+        if lr_scheduler is None or isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError(
+                "--lr_interval step steps an lr_scheduler after every optimizer step: "
+                + ("there is none" if lr_scheduler is None else "ReduceLROnPlateau steps on a monitored metric")
+                + "; drop --lr_interval or give a schedule (--lr_scheduler CosineAnnealingLR)"
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
 
     def active_config(self) -> Any:
         """The parsed config of the running subcommand (the whole config with ``run=False``)."""

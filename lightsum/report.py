@@ -671,9 +671,8 @@ def report_main(argv: list[str]) -> None:
     )
     parser.add_argument(
         "--out",
-        default="lightning_logs/report",
         help="output folder for report.md and one PNG per run, named after the run "
-        "(default/version_0 -> default_version_0.png) (default: %(default)s)",
+        "(default/version_0 -> default_version_0.png) (default: lightning_logs/report)",
     )
     parser.add_argument("--no-plots", action="store_true", help="write only the table (no matplotlib needed)")
     args = parser.parse_args(argv)
@@ -689,12 +688,14 @@ def report_main(argv: list[str]) -> None:
     if sweeps:  # a sweep's table goes into its folder
         if len(sweeps) < len(args.runs):
             raise ValueError("report: give sweep folders or run folders, not both")
+        if args.out is not None:
+            raise ValueError("report: a sweep's table is written into its folder: drop --out")
         for folder in sweeps:
             check_writable(folder, "report")
             check_outputs(folder, ["sweep.md", "sweep.csv", *([] if args.no_plots else ["sweep.png"])])
             sweep_report(folder, plots=not args.no_plots)
         return
-    out = Path(args.out)
+    out = Path(args.out or "lightning_logs/report")
     check_writable(out, "report: --out")
     runs = read_runs(find_runs(args.runs))
     if not runs:

@@ -56,9 +56,9 @@ def sweep_rows(out: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return [row for row in rows.values() if row["seeds"]], missing
 
 
-def mean_spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value: no spread to tell)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def columns_of(rows: list[dict[str, Any]]) -> list[str]:
@@ -80,7 +80,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 continue
             mean, spread = mean_spread(values)
             digits = 0 if column in WHOLE else 4
-            cells.append(f"{mean:.{digits}f} ± {spread:.{digits}f}")
+            cells.append(f"{mean:.{digits}f}" + ("" if spread is None else f" ± {spread:.{digits}f}"))
         lines.append(f"| {row['strategy']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,7 +94,8 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         cells: list[Any] = [row["strategy"], len(row["seeds"])]
         for column in columns:
             values = row["values"].get(column)
-            cells += list(mean_spread(values)) if values else ["", ""]
+            mean, spread = mean_spread(values) if values else ("", "")
+            cells += [mean, "" if spread is None else spread]
         writer.writerow(cells)
     return text.getvalue()
 
@@ -145,7 +146,7 @@ def sweep_report(out: Path, plots: bool = True) -> str:
         md.write(f"{table}\n\n{footnote}\n")
     with AtomicFile(out / "sweep.csv", "w") as file:
         file.write(csv_text(rows))
-    if plots:
+    if plots and any(m in row["values"] for row in rows for m in FIGURE_METRICS):
         with AtomicFile(out / "sweep.png") as png:
             figure(rows, f"{out.name}: test metrics per seed (dots) and their mean (bars)").savefig(png, format="png")
     print(table)

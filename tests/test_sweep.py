@@ -77,7 +77,7 @@ def test_a_sweep_folder_grows_but_does_not_change_under_its_trials(tmp_path: Pat
     first["strategies"] = {"none": [], "oversample": ["--data.sampling=oversample"]}
     (tmp_path / MANIFEST).write_text(json.dumps(first))
     grown = {**first, "seeds": [0, 1, 2], "strategies": {**first["strategies"], "focal": ["--model.loss=focal"]}}
-    assert settle_manifest(tmp_path, grown) == grown
+    assert settle_manifest(tmp_path, grown) == {**grown, "jobs": []}  # and the SLURM arrays submitted for it
     for changed, words in (
         ({**first, "common": []}, "other common"),
         ({**first, "strategies": {"none": ["--model.loss=focal"]}}, "other strategies.none"),
@@ -90,7 +90,12 @@ def test_a_sweep_folder_grows_but_does_not_change_under_its_trials(tmp_path: Pat
 def write_trial(out: Path, strategy: str, seed: int, test: dict | None, fit_seconds: float = 1.0) -> None:
     run = out / strategy / f"seed_{seed}"
     run.mkdir(parents=True)
-    result = {"strategy": strategy, "seed": seed, "best_checkpoint": "x", "fit_seconds": fit_seconds}
+    result = {
+        "strategy": strategy,
+        "seed": seed,
+        "best_checkpoint": "checkpoints/best.ckpt",
+        "fit_seconds": fit_seconds,
+    }
     (run / "trial.json").write_text(json.dumps(result | ({"test": test} if test else {})))
 
 
@@ -114,11 +119,10 @@ def test_the_table_holds_mean_and_spread_of_finished_trials_and_names_the_rest(
     assert lines[2] == f"| a | 2 | 0.6000 ± {statistics.stdev([0.5, 0.7]):.4f} | 0.5000 ± 0.0000 | 0.9000 ± 0.0000 " + (
         f"| 0.4000 ± 0.0000 | {statistics.mean([7, 2]):.0f} ± {statistics.stdev([7, 2]):.0f} | 12 ± 3 |"
     )
-    assert (
-        lines[3] == "| b | 1 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | 0.9000 ± 0.0000 | 0.4000 ± 0.0000 | 2 ± 0 | 20 ± 0 |"
-    )
+    assert lines[3] == "| b | 1 | 0.5000 | 0.5000 | 0.9000 | 0.4000 | 2 | 20 |"  # one seed: no spread to tell
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert [r["strategy"] for r in rows] == ["a", "b"] and float(rows[0]["min_recall_mean"]) == pytest.approx(0.6)
+    assert rows[1]["min_recall_std"] == "" and float(rows[1]["min_recall_mean"]) == 0.5
     assert (tmp_path / "sweep.md").read_text().startswith(table)
 
 
@@ -149,7 +153,7 @@ def hand_table(out: Path, strategies: list[str], seeds: list[int]) -> dict[str, 
                 if column in test:
                     values.setdefault(column, []).append(test[column])
         table[strategy] = {
-            c: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for c, v in values.items()
+            c: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None) for c, v in values.items()
         }
     return table
 
@@ -162,7 +166,8 @@ def assert_csv_equals(out: Path, expected: dict[str, dict[str, tuple[float, floa
         for column, (mean, std) in columns.items():
             # float32 event values against the trials' float metrics
             assert float(rows[strategy][f"{column}_mean"]) == pytest.approx(mean, rel=1e-6, abs=1e-6), column
-            assert float(rows[strategy][f"{column}_std"]) == pytest.approx(std, rel=1e-5, abs=1e-6), column
+            cell = rows[strategy][f"{column}_std"]
+            assert (cell == "" and std is None) or float(cell) == pytest.approx(std, rel=1e-5, abs=1e-6), column
 
 
 @pytest.mark.slow
@@ -178,7 +183,8 @@ def test_a_local_sweep_runs_every_trial_skips_them_when_run_again_and_its_table_
     assert_csv_equals(out, expected)
     # Each trial: one fit (its own seed, its own folder) and one test of its best checkpoint.
     result = json.loads((out / "oversample" / "seed_1" / "trial.json").read_text())
-    assert Path(result["best_checkpoint"]).parent == out / "oversample" / "seed_1" / "checkpoints"
+    assert Path(result["best_checkpoint"]).parent == Path("checkpoints")  # relative: the sweep folder may move
+    assert result["identity"]["args"][-2:] == ["--seed_everything=1", "--data.seed=1"]
     config = yaml.safe_load((out / "oversample" / "seed_1" / "config.yaml").read_text())
     assert config["seed_everything"] == 1 and config["data"]["init_args"]["sampling"] == "oversample"
     # Run again: every trial is finished, none runs, the table is the same.
@@ -275,8 +281,15 @@ def test_a_sweep_runs_as_a_slurm_job_array_whose_signalled_tasks_requeue_and_res
             time.sleep(0.1)
     job = next(line.split("_")[0] for line in slurm_cluster.client("squeue", "-h", "-o", "%i").stdout.split())
     for task in (0, 1):  # as --signal=SIGUSR1@90 would, before the time limit
-        # Slurm 22.05's scancel exits 229 after signalling an array task's step: the outcome is checked below.
-        slurm_cluster.client("scancel", "--signal=USR1", f"{job}_{task}", check=False)
+        # An array task that requeues itself while scancel is signalling it leaves scancel retrying
+        # (Slurm 22.05): it would signal the rerun as well. Stopped once the task has requeued.
+        scancel = subprocess.Popen(["scancel", "--signal=USR1", f"{job}_{task}"], env=slurm_cluster.env)
+        log = out / "logs" / f"slurm-{job}_{task}.out"
+        while f"requeued SLURM job {job}_{task}" not in (log.read_text() if log.exists() else ""):
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:]
+            time.sleep(0.1)
+        scancel.kill()
+        scancel.wait()
     stderr = launcher.communicate(timeout=400)[1]
     assert launcher.returncode == 0, stderr[-3000:]
     assert f"as SLURM array job {job} " in stderr
@@ -290,3 +303,63 @@ def test_a_sweep_runs_as_a_slurm_job_array_whose_signalled_tasks_requeue_and_res
         series = scalars(out / "held" / f"seed_{seed}")
         assert [s for s, _ in series["train/loss"]] == list(range(len(series["train/loss"])))  # each step once
     assert_csv_equals(out, hand_table(out, ["held", "plain"], [0, 1]))
+
+
+def start_sweep(tmp_path: Path, strategies: dict, *extra: str) -> tuple[int, str, Path]:
+    """``lightsum sweep`` in this process on a grid of ``strategies``: exit code, stderr, sweep folder."""
+    grid = write_grid(tmp_path / "grid.yaml", strategies)
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(grid), "--seeds", "2", "--out", str(out), *extra])
+    return exit_info.value.code, "", out
+
+
+def test_a_mistyped_override_is_one_line_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, out = start_sweep(tmp_path, {"a": ["--model.loss=focl"]})
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "model.loss" in err and "focl" in err, err
+    assert not (out / "logs").exists()  # no trial was started
+
+
+def test_a_trial_folder_of_another_trial_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A strategy re-added with other overrides would find the old one's results under its name.
+    out = tmp_path / "sweep"
+    write_trial(out, "a", 0, {"min_recall": 0.5})
+    code, _, _ = start_sweep(tmp_path, {"a": ["--data.sampling=oversample"]})
+    err = capsys.readouterr().err
+    assert code == 2 and f"{out / 'a' / 'seed_0'} holds a trial run with other arguments or configs" in err, err
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"configs": [], "common": [], "extra": [], "seeds": [0], "strategies": []}', '{"seeds": 3}', "{not json"],
+)
+def test_a_damaged_manifest_is_one_line(manifest: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / MANIFEST).write_text(manifest)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path), "--no-plots"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "not a sweep manifest" in err, err
+
+
+def test_an_unknown_trial_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / MANIFEST).write_text(
+        '{"configs": [], "common": [], "extra": [], "seeds": [0], "strategies": {"a": []}}'
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--out", str(tmp_path), "--trial", "b/seed_0"])
+    assert exit_info.value.code == 2 and "--trial b/seed_0: no such trial" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failed_trial_fails_the_sweep_naming_it_and_the_rest_are_tabulated(tmp_path: Path) -> None:
+    # A threshold no digit sum is below: parsed, then refused by the data module inside the trial.
+    grid = write_grid(tmp_path / "grid.yaml", {"ok": [], "broken": ["--data.threshold=0"]})
+    out = tmp_path / "sweep"
+    done = sweep(
+        str(grid), "--seeds", "1", "--parallel", "2", "--out", str(out), "--no-plots", *tiny_extra(1), cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "1 trial(s) did not finish (broken/seed_0)" in done.stderr.splitlines()[-1]
+    assert "so the threshold must be in [1, 270]" in (out / "logs" / "broken_seed_0.log").read_text()
+    assert [r["strategy"] for r in csv.DictReader((out / "sweep.csv").open())] == ["ok"]

@@ -319,23 +319,18 @@ class SumDataModule(SequenceDataModule):
                 self.predict_set = self.test_set
         self.place()
 
-    def place(self) -> None:
-        super().place()
-        if self.test_boundary_set is not None:
-            self.test_boundary_set.to(self.data_device(), {})
-
     def test_dataloader(self) -> DataLoader:
         if self.test_boundary_set is None:
             return super().test_dataloader()
         # Scored apart, as in validation: test/boundary_accuracy on sums no checkpoint was chosen on.
-        return self.eval_loader(
-            joined(
-                [
-                    (NATURAL, self.test_set, torch.zeros(len(self.test_set))),
-                    (BOUNDARY, self.test_boundary_set, torch.zeros(len(self.test_boundary_set))),
-                ]
-            )
-        )
+        # Where place() put the test set (the device, on a GPU); joined makes weights and parts on the host.
+        device = self.test_set.device
+        boundary = self.test_boundary_set.to(device)
+        parts = [
+            (NATURAL, self.test_set, torch.zeros(len(self.test_set))),
+            (BOUNDARY, boundary, torch.zeros(len(boundary))),
+        ]
+        return self.eval_loader(joined(parts).to(device))
 
     def joined_validation_set(self) -> SequenceSet:
         """The natural validation set with the calibration and boundary sets where they exist, as one

@@ -407,7 +407,7 @@ def launch_slurm(out: Path, manifest: dict[str, Any], trials: list[Trial], optio
     note(f"sweep: submitted {len(trials)} trial(s) as SLURM array job {job} ({script})")
     # Not `sbatch --wait`: it returned while a requeued task was pending again (Slurm 22.05). A poll
     # that backs off to a minute, and lives through a few failed squeue calls (a busy controller).
-    pause, failures = 2.0, 0
+    pause, failures = 1.0, 0
     while wait:
         try:
             if not queued(job):
@@ -418,7 +418,7 @@ def launch_slurm(out: Path, manifest: dict[str, Any], trials: list[Trial], optio
             if failures > 5:
                 raise
         time.sleep(pause)
-        pause = min(pause * 1.2, 60.0)
+        pause = min(pause * 1.2, 60.0)  # 1 s at first: a short array is not kept waiting
     return job
 
 

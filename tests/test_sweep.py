@@ -211,7 +211,7 @@ def test_an_interrupted_sweep_resumes_its_trial_where_it_stopped(tmp_path: Path)
     grid = write_grid(tmp_path / "grid.yaml", {"none": []})
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "lightsum", "sweep", str(grid), "--seeds", "1", "--out", str(out)]
-    command += [*tiny_extra(epochs=8), "--data.num_samples=4000"]
+    command += [*tiny_extra(epochs=5), "--data.num_samples=4000"]
     launcher = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     last = out / "none" / "seed_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
@@ -229,7 +229,7 @@ def test_an_interrupted_sweep_resumes_its_trial_where_it_stopped(tmp_path: Path)
     series = scalars(out / "none" / "seed_0")
     result = json.loads((out / "none" / "seed_0" / "trial.json").read_text())
     assert [s for s, _ in series["train/loss"]] == list(range(len(series["train/loss"])))  # each step once
-    assert len(series["val/min_recall"]) == 8 and result["test"]["min_recall"] == pytest.approx(
+    assert len(series["val/min_recall"]) == 5 and result["test"]["min_recall"] == pytest.approx(
         series["test/min_recall"][-1][1]
     )
 
@@ -268,7 +268,7 @@ def test_a_sweep_runs_as_a_slurm_job_array_whose_signalled_tasks_requeue_and_res
     launcher = subprocess.Popen(
         [sys.executable, "-m", "lightsum", "sweep", str(grid), "--seeds", "2", "--out", str(out), "--no-plots"]
         + ["--launcher", "slurm", "--wait", "--sbatch=--cpus-per-task=1", "--sbatch=--time=10"]
-        + [*tiny_extra(epochs=3), "--data.num_samples=4000"],
+        + [*tiny_extra(epochs=2), "--data.num_samples=4000"],
         cwd=tmp_path,
         env=env,
         stderr=subprocess.PIPE,

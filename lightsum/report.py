@@ -17,8 +17,6 @@ from lightsum.checkpoints import nothing_left_to_train, read_checkpoint
 from lightsum.errors import DamagedFile, OneLineParserErrors, note
 from lightsum.events import file_kind, read_scalars
 from lightsum.folders import check_writable
-from lightsum.sweep import MANIFEST
-from lightsum.sweep_report import sweep_report
 
 # Columns of the comparison table: validation metrics at the best epoch (what best-*.ckpt holds).
 # The miss counts tell 0.997 from 0.9995; class 1's AP is ~1 at 98.8% prevalence, so the minority's.
@@ -684,6 +682,9 @@ def report_main(argv: list[str]) -> None:
                 "report draws figures with matplotlib, which is not installed: "
                 "pip install 'lightsum[report]' (or pass --no-plots for the table only)"
             ) from None
+    from lightsum.sweep import MANIFEST  # not at import: every command imports this module (figures.py)
+    from lightsum.sweep_report import sweep_report
+
     sweeps = [Path(path) for path in args.runs if (Path(path) / MANIFEST).is_file()]
     if sweeps:  # a sweep's table goes into its folder
         if len(sweeps) < len(args.runs):

@@ -35,7 +35,14 @@ from lightsum.errors import DamagedFile, OneLineParserErrors, note
 MANIFEST = "sweep.json"
 RESULT = "trial.json"  # in a trial's run folder: written after its fit, completed by its test
 # Arguments the sweep sets for each trial itself: a grid or --extra that named them would be overruled.
-_OWN = ("--seed_everything", "--data.seed", "--trainer.logger", "--ckpt_path", "--trainer.default_root_dir")
+_OWN = (
+    "--seed_everything",
+    "--data.seed",
+    "--data.init_args.seed=",
+    "--trainer.logger",
+    "--ckpt_path",
+    "--trainer.default_root_dir",
+)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a strategy names a folder
 _RESERVED = ("logs", "sweep.json", "sweep.md", "sweep.csv", "sweep.png", "sweep.sbatch")  # the sweep's own files
 
@@ -94,7 +101,7 @@ def check_overrides(overrides: Any, where: str) -> None:
     for item in overrides:
         if not isinstance(item, str) or not re.fullmatch(r"--[\w.]+=.*", item, re.S):
             raise ValueError(f"sweep: {where}: {item!r} is not one --key=value override")
-        if item.startswith(_OWN) or item.startswith("--data.init_args.seed="):
+        if item.startswith(_OWN):
             raise ValueError(
                 f"sweep: {where}: {item.split('=')[0]} is set by the sweep for each trial "
                 "(seeds, run folders and resuming are its own)"
@@ -191,8 +198,8 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return result
 
 
-def finished(out: Path, trial: Trial) -> bool:
-    result = read_result(trial.folder(out))
+def finished(result: dict[str, Any] | None) -> bool:
+    """Whether a trial's record (``read_result``) holds its test metrics."""
     return result is not None and isinstance(result.get("test"), dict)
 
 
@@ -224,15 +231,13 @@ def file_digest(path: str) -> str:
         raise ValueError(f"sweep: cannot read the config {path} ({err.strerror or err})") from None
 
 
-def check_recorded(out: Path, manifest: dict[str, Any], trials: list[Trial]) -> None:
-    """Refuse trials whose folder holds a record of another trial (see ``identity``)."""
-    for trial in trials:
-        result = read_result(trial.folder(out))
-        if result is not None and result.get("identity") != identity(manifest, trial):
-            raise ValueError(
-                f"sweep: {trial.folder(out)} holds a trial run with other arguments or configs (its {RESULT} "
-                f"says which): remove that folder to run {trial.name} again, or use another --out"
-            )
+def check_recorded(out: Path, manifest: dict[str, Any], trial: Trial, result: dict[str, Any] | None) -> None:
+    """Refuse a trial whose folder holds the record (``read_result``) of another trial (see ``identity``)."""
+    if result is not None and result.get("identity") != identity(manifest, trial):
+        raise ValueError(
+            f"sweep: {trial.folder(out)} holds a trial run with other arguments or configs (its {RESULT} "
+            f"says which): remove that folder to run {trial.name} again, or use another --out"
+        )
 
 
 def run_trial(out: Path, name: str) -> None:
@@ -251,12 +256,13 @@ def run_trial(out: Path, name: str) -> None:
         raise ValueError(f"sweep: --trial {name}: no such trial in {out / MANIFEST}")
     trial = trials[name]
     run_dir = trial.folder(out)
-    check_recorded(out, manifest, [trial])
-    if finished(out, trial):
+    result = read_result(run_dir)
+    check_recorded(out, manifest, trial, result)
+    if finished(result):
         note(f"sweep: {trial.name} is finished ({run_dir / RESULT})")
         return
     args = trial_args(manifest, trial, out)
-    result = read_result(run_dir) or fit_ended(run_dir)
+    result = result or fit_ended(run_dir)
     if result is None:
         resume = ["--ckpt_path=last"] if checkpoints_in(run_dir) else []
         cli = build_cli(["fit", *args, *resume])
@@ -316,7 +322,7 @@ def fit_ended(run_dir: Path) -> dict[str, Any] | None:
 
 def launch_local(out: Path, trials: list[Trial], parallel: int) -> None:
     """Run ``trials`` as child processes, ``parallel`` at a time, each with its share of the cores
-    (``OMP_NUM_THREADS``) and, where there are several GPUs, the next one of them
+    (``OMP_NUM_THREADS``) and, where there are several GPUs, the least busy of them
     (``CUDA_VISIBLE_DEVICES``), saying as each ends how it went. A stop request (Ctrl-C, SIGTERM) is
     passed on to the running trials, which stop at a batch boundary with a checkpoint: the next
     launch resumes them."""
@@ -329,19 +335,17 @@ def launch_local(out: Path, trials: list[Trial], parallel: int) -> None:
         while queue or running:
             while queue and len(running) < parallel:
                 trial = queue.pop(0)
-                if gpus:  # round robin: the trials would otherwise all train on the first GPU
-                    env["CUDA_VISIBLE_DEVICES"] = gpus[(done + len(running)) % len(gpus)]
+                if gpus:  # the least busy: the trials would otherwise all train on the first GPU
+                    busy = [gpu for *_, gpu in running.values()]
+                    env["CUDA_VISIBLE_DEVICES"] = min(gpus, key=busy.count)
                 log = out / "logs" / f"{trial.strategy}_seed_{trial.seed}.log"
                 with open(log, "a") as output:
                     command = [sys.executable, "-m", "lightsum", "sweep", "--out", str(out), "--trial", trial.name]
-                    running[subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)] = (
-                        trial,
-                        log,
-                        time.monotonic(),
-                    )
+                    proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (trial, log, time.monotonic(), env.get("CUDA_VISIBLE_DEVICES"))
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                trial, log, started = running.pop(proc)
+                trial, log, started, _ = running.pop(proc)
                 done += 1
                 seconds = time.monotonic() - started
                 if proc.returncode == 0:
@@ -394,7 +398,7 @@ def launch_slurm(out: Path, manifest: dict[str, Any], trials: list[Trial], optio
         )
     )
     # --output here, not in the script: #SBATCH lines are not parsed by a shell (a path with spaces).
-    logs = str(out / "logs" / "slurm-%A_%a.out").replace("%", "%%").replace("%%A_%%a", "%A_%a")
+    logs = str(out / "logs").replace("%", "%%") + "/slurm-%A_%a.out"  # %% is sbatch's literal %
     command = ["sbatch", "--parsable", f"--array=0-{len(trials) - 1}", f"--output={logs}", *options, str(script)]
     try:
         submitted = subprocess.run(command, capture_output=True, text=True)
@@ -551,11 +555,12 @@ def sweep_main(argv: list[str]) -> None:
         manifest = settle_manifest(out, wanted)
         trials = trials_of(manifest)
         check_parse(manifest, trials, out)
-        check_recorded(out, manifest, trials)
+        for trial in trials:
+            check_recorded(out, manifest, trial, read_result(trial.folder(out)))
         check_no_array_running(out)
         plots = not args.no_plots and (args.launcher == "local" or args.wait) and have_matplotlib()
         write_json(out / MANIFEST, manifest)
-        pending = [trial for trial in trials if not finished(out, trial)]
+        pending = [trial for trial in trials if not finished(read_result(trial.folder(out)))]
         if len(pending) < len(trials):
             note(f"sweep: {len(trials) - len(pending)} of {len(trials)} trials finished already: skipped")
         if args.launcher == "slurm" and pending:
@@ -567,7 +572,7 @@ def sweep_main(argv: list[str]) -> None:
             launch_local(out, pending, args.parallel)
     from lightsum.sweep_report import sweep_report
 
-    failed = [trial for trial in trials if not finished(out, trial)]
+    failed = [trial for trial in trials if not finished(read_result(trial.folder(out)))]
     if failed:
         if len(failed) < len(trials):
             sweep_report(out, plots=plots)

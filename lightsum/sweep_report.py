@@ -11,7 +11,7 @@ from typing import Any
 
 from lightsum.atomic import AtomicFile
 from lightsum.errors import note
-from lightsum.sweep import read_manifest, read_result, trials_of
+from lightsum.sweep import finished, read_manifest, read_result, trials_of
 
 # Columns: test metrics of each trial's best checkpoint (boundary_accuracy: digit sums only, on the
 # test's own boundary set), natural test sequences wrong, and the fit's training seconds.
@@ -47,7 +47,7 @@ def sweep_rows(out: Path) -> tuple[list[dict[str, Any]], list[str]]:
     for trial in trials_of(read_manifest(out)):
         row = rows.setdefault(trial.strategy, {"strategy": trial.strategy, "seeds": [], "values": {}})
         result = read_result(trial.folder(out))
-        if result is None or not isinstance(result.get("test"), dict):
+        if not finished(result):
             missing.append(trial.name)
             continue
         row["seeds"].append(trial.seed)

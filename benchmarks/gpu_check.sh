@@ -17,7 +17,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", pl.__
 PY
 echo "== CUDA-only tests"
 python -m pytest -q -rs tests/test_datamodule.py tests/test_synthesis.py -k "device or cuda" 2>&1 | tail -3
-echo "== throughput: lightsum (seed config, flat = the original model) vs plain loop, 40k training sequences"
+echo "== throughput: lightsum (seed config, flat = the original model) vs bare Lightning vs plain loop, 40k training sequences"
 timeout 150 python benchmarks/overhead.py --accelerator gpu --num-samples 50000 --epochs 2 --repeats 1 \
     --cases flat:50 sequence:50 flat:1024 sequence:1024 flat:8192 sequence:8192 2>/dev/null | grep -v "it/s" || echo "(throughput run stopped at 150 s)"
 echo "== hard_sigmoid cell vs fused nn.LSTM (cuDNN), one training step"

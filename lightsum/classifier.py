@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import BinaryStatScores
 
 from lightsum.data.batches import BOUNDARY, NATURAL, Batch
 from lightsum.data.schema import encode_sequences
 from lightsum.data.sequences import Layout, check_digits
 from lightsum.errors import POSITIVE_INT, check_arguments, diverged, is_number
 from lightsum.losses import logit_adjustment, sigmoid_focal_loss
-from lightsum.metrics import EvaluationScores, class_metrics, confusion_metrics, tune_threshold
+from lightsum.metrics import ConfusionCounts, EvaluationScores, class_metrics, confusion_metrics, tune_threshold
 from lightsum.nn import Init, RecurrentActivation, SumNet
 
 _PREDICT_CHUNK = 65_536  # rows per forward pass in predict_proba: bounded memory on big inputs
@@ -27,6 +27,7 @@ _RULES = {
     "dropout": (lambda v: is_number(v) and 0.0 <= v < 1.0, "in [0, 1)"),
     "pos_weight": (lambda v: v in (None, "balanced") or (is_number(v) and v > 0), "positive, 'balanced' or null"),
     "decision_threshold": (lambda v: v == "tuned" or (is_number(v) and 0.0 < v < 1.0), "in (0, 1) or 'tuned'"),
+    "forget_bias": (lambda v: is_number(v) and math.isfinite(v), "a finite number"),
     "focal_gamma": (lambda v: is_number(v) and v >= 0, ">= 0"),
     "focal_alpha": (lambda v: v is None or (is_number(v) and 0.0 <= v <= 1.0), "in [0, 1] or null"),
     "logit_tau": (lambda v: is_number(v) and v >= 0, ">= 0"),
@@ -50,7 +51,9 @@ class SumClassifier(pl.LightningModule):
         num_layers: stacked LSTM layers.
         dropout: dropout on the last hidden state (and between stacked layers).
         recurrent_activation: ``sigmoid`` (the fused ``nn.LSTM``) or ``hard_sigmoid`` (Keras 2: ``clip(0.2 x + 0.5, 0, 1)``).
-        unit_forget_bias: start the forget-gate bias at 1.
+        unit_forget_bias: start the forget-gate bias at ``forget_bias``, as Keras does at 1.
+        forget_bias: the forget-gate bias ``unit_forget_bias`` starts at; larger than 1 starts the
+            cell closer to keeping everything it adds, as counting every step of a sequence needs.
         init: ``torch`` defaults or ``keras`` (Glorot-uniform input kernel, orthogonal recurrent kernel, zero biases).
         normalize_inputs: scale digits to [0, 1] (``digit / 9``); false feeds raw digits, as the
             original notebook did (digit sums only: files' numbers are standardised by the schema).
@@ -85,6 +88,7 @@ class SumClassifier(pl.LightningModule):
         dropout: float = 0.5,
         recurrent_activation: RecurrentActivation = "sigmoid",
         unit_forget_bias: bool = True,
+        forget_bias: float = 1.0,
         init: Init = "torch",
         normalize_inputs: bool = True,
         pos_weight: float | Literal["balanced"] | None = None,
@@ -115,6 +119,7 @@ class SumClassifier(pl.LightningModule):
             dropout=dropout,
             recurrent_activation=recurrent_activation,
             unit_forget_bias=unit_forget_bias,
+            forget_bias=forget_bias,
             init=init,
         )
         if steps == "numbers":  # the training split's statistics, rebuilt from the schema: not in state_dict
@@ -127,9 +132,9 @@ class SumClassifier(pl.LightningModule):
         self.register_buffer("pos_weight", torch.tensor(1.0 if pos_weight in (None, "balanced") else float(pos_weight)))
         # tau * log(pi_1 / pi_0) of the training batches, set in setup("fit"); training only.
         self.register_buffer("logit_adjustment", torch.tensor(0.0), persistent=False)
-        # One metric object per stage. Training streams counts (stat scores: sums on the device, no
-        # host sync per step); evaluation keeps every score, to tune the threshold first.
-        self.train_counts = BinaryStatScores(validate_args=False)  # inputs are 0/1 made here
+        # One metric object per stage. Training streams counts (sums on the device, no host sync per
+        # step); evaluation keeps every score, to tune the threshold first.
+        self.train_counts = ConfusionCounts()
         self.train_counts.persistent(True)  # in checkpoints: a run resumed mid-epoch keeps its counts
         self.val_scores, self.test_scores = EvaluationScores(), EvaluationScores()
         # The boundary sets' scores (val/ and test/boundary_accuracy) and the threshold's weighted tuning set.
@@ -206,13 +211,12 @@ class SumClassifier(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         target = batch.labels
         logits = self(batch.x, batch.lengths)
-        self.train_counts.update((torch.sigmoid(logits.detach()) >= self.decision_threshold).long(), target.long())
+        self.train_counts.update(torch.sigmoid(logits.detach()) >= self.decision_threshold, target)
         return self.loss(logits, target)  # train/loss is logged by callbacks.TrainLoss
 
     def on_train_epoch_end(self) -> None:
-        tp, fp, tn, fn, _ = self.train_counts.compute()  # summed over ranks
+        values = confusion_metrics(self.train_counts.compute())  # summed over ranks
         self.train_counts.reset()
-        values = confusion_metrics(torch.stack([tn, fp, fn, tp]).view(2, 2))  # rows: true class
         self.log_dict({f"train/{k}": values[k] for k in ("recall_0", "recall_1", "min_recall")})
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -55,6 +55,33 @@ def class_metrics(
     return values
 
 
+class ConfusionCounts(Metric):
+    """The 2x2 confusion counts of 0/1 predictions, streamed: the training recalls.
+
+    ``BinaryStatScores``' four states under its names (``tp``, ``fp``, ``tn``, ``fn``: what
+    checkpoints hold), filled by one comparison per update instead of its dozen tensor ops: this
+    runs at every training step, where every op is a share of a small step. (Not ``bincount``:
+    on a GPU it reads its input's maximum back to the host, a sync every step.) ``compute()`` sums
+    over ranks and returns the matrix, rows the true class.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("tp", "fp", "tn", "fn"):
+            self.add_state(name, default=torch.tensor(0), dist_reduce_fx="sum")
+        self.register_buffer("cells", torch.arange(4), persistent=False)  # tn, fp, fn, tp as 2 x true + predicted
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        counts = ((target.long() * 2 + preds.long()).unsqueeze(1) == self.cells).sum(0)  # tn, fp, fn, tp
+        for state, count in zip((self.tn, self.fp, self.fn, self.tp), counts):
+            state.add_(count)  # in place: assigning a state goes through Module.__setattr__
+
+    def compute(self) -> torch.Tensor:
+        return torch.stack([self.tn, self.fp, self.fn, self.tp]).view(2, 2)
+
+
 class EvaluationScores(Metric):
     """Every logit and label of one evaluation set; ``compute()`` gathers them from every rank.
 

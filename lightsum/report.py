@@ -300,7 +300,7 @@ def ratio_words(ratio: Any) -> str:
 
 
 def boundary_sums(data: dict) -> str:
-    """The sums the boundary rows are drawn from (``85-114`` by default), as the data module clips them."""
+    """The sums the boundary rows are drawn from (``85-114`` for the class defaults), as the data module clips them."""
     threshold, window, seq_len = (
         data.get(k, d) for k, d in (("threshold", 100), ("boundary_window", 15), ("seq_len", 30))
     )

@@ -64,6 +64,7 @@ def test_layouts_shape_the_input() -> None:
         ({"pos_weight": -1.0}, "model.pos_weight must be positive, 'balanced' or null, got -1.0"),
         ({"pos_weight": "heavy"}, "model.pos_weight must be positive, 'balanced' or null, got 'heavy'"),
         ({"decision_threshold": 1.5}, r"model.decision_threshold must be in \(0, 1\) or 'tuned', got 1.5"),
+        ({"forget_bias": float("inf")}, "model.forget_bias must be a finite number, got inf"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_the_value(kwargs: dict, named: str) -> None:

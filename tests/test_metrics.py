@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchmetrics.classification import BinaryRecall, BinarySpecificity
+from torchmetrics.classification import BinaryRecall, BinarySpecificity, BinaryStatScores
 
-from lightsum.metrics import EvaluationScores, class_metrics, confusion_metrics, tune_threshold
+from lightsum.metrics import ConfusionCounts, EvaluationScores, class_metrics, confusion_metrics, tune_threshold
+
+
+def test_confusion_counts_are_binary_stat_scores() -> None:
+    """The training counts: torchmetrics' figures, and its state names, so checkpoints that hold
+    BinaryStatScores' counts load into them."""
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = ConfusionCounts(), BinaryStatScores()
+    ours.persistent(True)
+    theirs.persistent(True)
+    for size in (50, 1, 256):
+        preds, target = (
+            torch.rand(size, generator=g) > 0.3,
+            torch.randint(0, 2, (size,), generator=g, dtype=torch.uint8),
+        )
+        ours.update(preds, target)
+        theirs.update(preds.long(), target.long())
+    tp, fp, tn, fn, _ = theirs.compute()
+    torch.testing.assert_close(ours.compute(), torch.stack([tn, fp, fn, tp]).view(2, 2))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    fresh = ConfusionCounts()
+    fresh.persistent(True)
+    fresh.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(fresh.compute(), ours.compute())
 
 
 def test_tuned_threshold_maximises_balanced_accuracy() -> None:

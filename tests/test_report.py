@@ -55,7 +55,7 @@ def test_report_draws_a_figure_and_a_table(run_dir: Path, tmp_path: Path, capsys
         "| run | strategy | recall_0 | recall_1 | min_recall | missed_0 | missed_1 | "
         "boundary_accuracy | average_precision_minority | auroc | best epoch | epochs | seconds |"
     )
-    assert cells[1] == "boundary 0.5, threshold tuned"
+    assert cells[1] == "boundary 0.75, threshold tuned"
     assert cells[2:10] == expected
     assert cells[10:12] == [str(best), str(EPOCHS)]
     # The best epoch is the one the best checkpoint holds.
@@ -110,12 +110,12 @@ def test_a_runs_figure_reads_on_its_own(fitted, run_dir: Path) -> None:
     # The strategy in words, and why the two loss curves differ.
     assert fig.get_suptitle() == (
         f"{run_dir.parent.name}/{run_dir.name}: "
-        "half the training data with sums near 100 (85-114), decision threshold tuned"
+        "75% of the training data with sums near 100 (95-104), decision threshold tuned"
     )
     assert [t.get_text() for t in fig.texts] == [
         fig.get_suptitle(),  # the title, then the caption
         "The training and validation losses are not comparable: "
-        "half the training data with sums near 100 (85-114) against natural validation data.",
+        "75% of the training data with sums near 100 (95-104) against natural validation data.",
     ]
 
 
@@ -303,7 +303,7 @@ def test_report_compares_every_run_under_a_folder(run_dir: Path, tmp_path: Path)
     main(["report", str(root), "--out", str(tmp_path), "--no-plots"])
     rows = [line for line in (tmp_path / "report.md").read_text().splitlines()[2:] if line.startswith("| ")]
     assert [r.split(" | ")[:2] for r in rows] == [
-        ["| default/version_0", "boundary 0.5, threshold tuned"],
+        ["| default/version_0", "boundary 0.75, threshold tuned"],
         ["| undersample/version_0", "undersample 1.0, focal, threshold tuned"],
     ]
     assert not list(tmp_path.glob("*.png"))

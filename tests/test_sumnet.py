@@ -60,6 +60,18 @@ def test_torch_init_with_unit_forget_bias(num_layers: int) -> None:
         assert w_ih.abs().max() <= bound and w_hh.abs().max() <= bound
 
 
+def test_forget_bias_sets_where_unit_forget_bias_starts() -> None:
+    torch.manual_seed(0)
+    hidden = 8
+    net = SumNet(1, hidden, num_layers=2, init="keras", forget_bias=5.0)
+    for _, _, b_ih, b_hh in net.lstm.all_weights:
+        torch.testing.assert_close((b_ih + b_hh)[hidden : 2 * hidden], torch.full((hidden,), 5.0), atol=0, rtol=0)
+    assert (
+        torch.count_nonzero(SumNet(1, hidden, init="keras", unit_forget_bias=False, forget_bias=5.0).lstm.bias_ih_l0)
+        == 0
+    )
+
+
 def test_torch_init_without_unit_forget_bias_is_pytorch_default() -> None:
     torch.manual_seed(0)
     net = SumNet(1, 16, init="torch", unit_forget_bias=False)

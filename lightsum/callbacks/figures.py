@@ -34,6 +34,15 @@ class EvaluationFigures(pl.Callback):
         self._picture: ConfusionMatrixPicture | None = None
         self._has_matplotlib = True
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Import matplotlib and build the figure now, a one-off: not inside the first epoch that draws.
+        if (
+            self.every_n_epochs
+            and trainer.global_rank == 0
+            and any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+        ):
+            self._ensure_picture()
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self.every_n_epochs or trainer.current_epoch % self.every_n_epochs:
             return
@@ -70,6 +79,10 @@ class EvaluationFigures(pl.Callback):
                 writer.add_text(f"{stage}/confusion_matrix", confusion_matrix_markdown(matrix), step)
 
     def _image(self, matrix: np.ndarray, title: str) -> np.ndarray | None:
+        self._ensure_picture()
+        return self._picture(matrix, title) if self._picture is not None else None
+
+    def _ensure_picture(self) -> None:
         if self._picture is None and self._has_matplotlib:
             try:
                 self._picture = ConfusionMatrixPicture()
@@ -79,7 +92,6 @@ class EvaluationFigures(pl.Callback):
                     "matplotlib is not installed: confusion matrices go to the TEXT tab "
                     "(pip install 'lightsum[report]' for images)"
                 )
-        return self._picture(matrix, title) if self._picture is not None else None
 
 
 def confusion_matrix_markdown(matrix: np.ndarray) -> str:

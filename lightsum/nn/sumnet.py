@@ -40,9 +40,12 @@ class SumNet(nn.Module):
         num_layers: stacked LSTM layers.
         dropout: dropout on the last hidden state, and between stacked layers.
         recurrent_activation: gate activation; ``sigmoid`` uses the fused ``nn.LSTM`` kernels.
-        unit_forget_bias: start every layer's total forget-gate bias at 1 (Keras' default), so the
-            cell remembers by default early in training. Set in ``bias_ih``; ``bias_hh``'s forget
-            slice is zeroed, so the sum is exactly 1.
+        unit_forget_bias: start every layer's total forget-gate bias at ``forget_bias`` (Keras'
+            default, at 1), so the cell remembers by default early in training. Set in ``bias_ih``;
+            ``bias_hh``'s forget slice is zeroed, so the sum is exactly ``forget_bias``.
+        forget_bias: where ``unit_forget_bias`` starts the forget gate: 1 as Keras; larger values
+            start each unit closer to an integrator that keeps what it adds (sigmoid(5) keeps 99.3%
+            a step), which a count over every step of a sequence needs.
         init: ``torch`` keeps PyTorch's defaults (uniform +-1/sqrt(hidden); embedding N(0, 1));
             ``keras`` copies Keras 2's: Glorot-uniform input kernel over the whole (4H, in) matrix,
             orthogonal recurrent kernel (``orthogonal_`` on torch's (4H, H) weight: Keras' (H, 4H)
@@ -64,6 +67,7 @@ class SumNet(nn.Module):
         dropout: float = 0.5,
         recurrent_activation: RecurrentActivation = "sigmoid",
         unit_forget_bias: bool = True,
+        forget_bias: float = 1.0,
         init: Init = "torch",
         num_embeddings: int | None = None,
         embedding_size: int = 32,
@@ -88,11 +92,12 @@ class SumNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, 1)
         self.unit_forget_bias = unit_forget_bias
+        self.forget_bias = forget_bias
         self.init = init
         self._apply_init()
 
     def reset_parameters(self) -> None:
-        """Re-draw all weights as ``init`` and ``unit_forget_bias`` say."""
+        """Re-draw all weights as ``init``, ``unit_forget_bias`` and ``forget_bias`` say."""
         if self.embedding is not None:
             self.embedding.reset_parameters()  # N(0, 1), padding row zeroed
         self.lstm.reset_parameters()
@@ -111,7 +116,7 @@ class SumNet(nn.Module):
                     b_ih.zero_()
                     b_hh.zero_()
                 if self.unit_forget_bias:
-                    b_ih[forget] = 1.0
+                    b_ih[forget] = self.forget_bias
                     b_hh[forget] = 0.0
             if self.init == "keras":
                 nn.init.xavier_uniform_(self.head.weight)

@@ -12,7 +12,7 @@ validate on its 2,000 every epoch, batch 50, Adam(1e-3), binary cross-entropy:
   accuracy metric, ``verbose=0``. Keras 3's ``hard_sigmoid`` is ``relu6(x + 3) / 6`` (Keras 2's was
   ``clip(0.2 x + 0.5, 0, 1)``, which lightsum runs): the same cost, a different slope.
 - lightsum: ``python -m lightsum fit --config configs/seed.yaml`` as shipped, through ``build_cli``
-  (TensorBoard logging, metrics, both checkpoints every epoch, figures every 5th epoch, progress bar).
+  (TensorBoard logging, metrics, both checkpoints every epoch, figures every 10th epoch, progress bar).
 
 A side's seconds per epoch is the median interval between the ends of consecutive epochs (each
 epoch's validation included; the first epoch, which pays for warm-up, only starts the clock). The

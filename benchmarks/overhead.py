@@ -16,11 +16,11 @@ The last two columns time the data path alone: lightsum's training loader agains
 The sides alternate within each repeat so that drift in the machine's speed hits them alike; the
 ratios are medians of each repeat's own pair, with their range.
 
-    python benchmarks/overhead.py [--epochs 5] [--repeats 5] [--cases flat:50 ... default]
+    python benchmarks/overhead.py [--epochs 10] [--repeats 5] [--cases flat:50 ... default] [--without FEATURE ...]
     python benchmarks/overhead.py --accelerator gpu --num-samples 50000   # GPU (benchmarks/gpu_check.sh)
 
-Five epochs by default: the seed config draws its TensorBoard figures every 5th epoch, so five
-epochs weigh them about as a full run does. The ``default`` case runs ``--default-epochs`` (2) of
+Ten epochs by default: the seed config draws its TensorBoard figures every 10th epoch, so ten
+epochs weigh them as a full run does. The ``default`` case runs ``--default-epochs`` (2) of
 the packaged default (200,000 sequences: 625 steps an epoch).
 
 On a GPU every side keeps the data on the device (lightsum: ``data.placement auto``; the others
@@ -76,11 +76,6 @@ def build(case: str, epochs: int, root: str, *extra: str) -> SumCLI:
     return build_cli(args, run=False)
 
 
-def batch_size_of(case: str) -> int:
-    with tempfile.TemporaryDirectory() as root:
-        return build(case, 1, root).datamodule.hparams.batch_size
-
-
 def synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
@@ -102,17 +97,16 @@ class EpochClock(pl.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def prepared(case: str, epochs: int) -> tuple[SumCLI, torch.device]:
-    """The case's CLI with its data set up and placed, and the device the model trains on."""
+def prepared(case: str, epochs: int) -> SumCLI:
+    """The case's CLI with its data set up and placed, and its model on the training device."""
     with tempfile.TemporaryDirectory() as root:
         cli = build(case, epochs, root)
     dm = cli.datamodule
     dm.trainer = cli.trainer  # placement follows the trainer's device, as in a fit
     dm.setup("fit")
     dm.place()
-    device = cli.trainer.strategy.root_device
-    cli.model.to(device)
-    return cli, device
+    cli.model.to(cli.trainer.strategy.root_device)
+    return cli
 
 
 def epoch_orders(cli: SumCLI, epochs: int) -> Iterator[torch.Tensor]:
@@ -211,7 +205,7 @@ class Listed:
 
 
 def bare_epoch_seconds(case: str, epochs: int) -> tuple[float, int]:
-    cli, _ = prepared(case, epochs)
+    cli = prepared(case, epochs)
     dm = cli.datamodule
     val = dm.validation_set.x.split(dm.hparams.eval_batch_size)  # lightsum's validation batches
     clock = EpochClock()
@@ -231,7 +225,7 @@ def bare_epoch_seconds(case: str, epochs: int) -> tuple[float, int]:
 
 
 def plain_epoch_seconds(case: str, epochs: int) -> tuple[float, int]:
-    cli, _ = prepared(case, epochs)
+    cli = prepared(case, epochs)
     dm, model = cli.datamodule, cli.model
     net = model.net
     optimizer = optimizer_of(cli, net.parameters())
@@ -254,9 +248,10 @@ def plain_epoch_seconds(case: str, epochs: int) -> tuple[float, int]:
     return (time.perf_counter() - start) / epochs, len(dm.epoch_sampler)
 
 
-def data_path_us(case: str, epochs: int) -> tuple[float, float]:
-    """Microseconds per training batch of the data path alone: lightsum's loader vs plain indexing."""
-    cli, _ = prepared(case, epochs)
+def data_path_us(case: str, epochs: int) -> tuple[float, float, int]:
+    """Microseconds per training batch of the data path alone, lightsum's loader vs plain indexing,
+    and the batches of an epoch."""
+    cli = prepared(case, epochs)
     dm = cli.datamodule
     train, batch_size = dm.train_set, dm.hparams.batch_size
     timings = {}
@@ -276,7 +271,7 @@ def data_path_us(case: str, epochs: int) -> tuple[float, float]:
                     batches += 1
         synchronize()
         timings[side] = (time.perf_counter() - start) / batches * 1e6
-    return timings["lightsum"], timings["plain"]
+    return timings["lightsum"], timings["plain"], batches // epochs
 
 
 def spread(values: list[float]) -> str:
@@ -336,13 +331,12 @@ def main() -> None:
         # Each repeat's own ratio: the machine's speed drifts between repeats, and a repeat shares it.
         to_bare = [light / bare for light, bare in zip(rates["lightsum"], rates["bare"])]
         to_plain = [light / plain for light, plain in zip(rates["lightsum"], rates["plain"])]
-        data_light, data_plain = data_path_us(case, epochs)
+        data_light, data_plain, steps = data_path_us(case, epochs)
         p, b, q = (statistics.median(rates[side]) for side in ("plain", "bare", "lightsum"))
         table.append(
             f"{case:13s} {p:8.0f} {b:8.0f} {q:10.0f} {spread(to_bare):>19s} {spread(to_plain):>19s} "
             f"{n / q:16.3f} {data_light:22.1f} {data_plain:6.1f}"
         )
-        steps = -(-n // batch_size_of(case))
         for feature in opts.without:  # each repeat's own difference to the whole loop
             saved = [n / full - n / part for full, part in zip(rates["lightsum"], rates[f"without {feature}"])]
             costs.append(
